@@ -1,0 +1,305 @@
+"""YAML configuration of jobd and jobd-master, validated into frozen dataclasses.
+
+Every error names the file and the key (`/etc/jobd.yaml: targets.video.low: ...`).
+The database password is kept out of every repr and message.  This module imports
+nothing of ours, so it duplicates the two name patterns of the protocol on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+DEFAULT_WORKER_CONFIG = "/etc/jobd.yaml"
+DEFAULT_MASTER_CONFIG = "/etc/jobd-master.yaml"
+DATABASE_URL_ENV = "JOBD_DATABASE_URL"
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,16}")
+WORKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+ENDPOINT_PATTERN = re.compile(r"(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Kept bytes per stream; decoded output can grow up to 3x (replacement characters)
+#: and must still fit the `mediumtext` columns (16 MiB).
+MAX_OUTPUT_BUFFER = 4 << 20
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """mysql://user:password@host:port/database; the password never shows in repr."""
+
+    user: str
+    password: str = field(repr=False)
+    host: str
+    port: int
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> DatabaseURL:
+        """Raise ValueError (without the password in it) for a malformed URL."""
+        if not isinstance(url, str):
+            raise ValueError("expected a URL string")
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 3306
+        except ValueError:
+            raise ValueError(
+                "malformed URL (expected mysql://user:password@host:port/db)"
+            ) from None
+        if parts.scheme not in ("mysql", "mariadb"):
+            raise ValueError("scheme must be mysql:// or mariadb://")
+        if not parts.hostname:
+            raise ValueError("the URL names no host")
+        database = unquote(parts.path.lstrip("/"))
+        if not database or "/" in database:
+            raise ValueError("the URL names no database (mysql://user@host:port/DATABASE)")
+        if parts.query or parts.fragment:
+            raise ValueError("the URL may not have a query or fragment")
+        return cls(
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            host=parts.hostname,
+            port=port,
+            database=database,
+        )
+
+    def redacted(self) -> str:
+        secret = ":***" if self.password else ""
+        return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    command: str
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    path: str
+    name: str
+    listen: str
+    master: str | None
+    database: DatabaseURL
+    table: str
+    fetch_limit: int
+    poll_interval: float
+    launcher: LauncherConfig
+    max_output_buffer: int
+    targets: Mapping[str, Mapping[str, int]]
+    log_level: str
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    path: str
+    listen: str
+    ping_interval: float
+    log_level: str
+
+
+# --- reading --------------------------------------------------------------------
+
+
+class _Reader:
+    """Pulls typed keys out of one YAML map and reports errors with the file and key path."""
+
+    def __init__(self, path: str, data: Any, prefix: str = "") -> None:
+        self.path = path
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            where = prefix.rstrip(".") or "top level"
+            raise self.error(where, "expected a map")
+        self.data = data
+        self.used: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def get(self, name: str, default: Any = None, required: bool = False) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            if required:
+                raise self.error(self.key(name), "required key is missing")
+            return default
+        return self.data[name]
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(self.key(name), f"expected an integer, got {type(value).__name__}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise self.error(self.key(name), f"must be {bound}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(self.key(name), f"expected a number, got {type(value).__name__}")
+        if value < minimum:
+            raise self.error(self.key(name), f"must be >= {minimum}, got {value}")
+        return float(value)
+
+    def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
+        value = self.get(name, default, required)
+        if value is not None and not isinstance(value, str):
+            raise self.error(self.key(name), f"expected a string, got {type(value).__name__}")
+        return value
+
+    def matching(self, name: str, pattern: re.Pattern[str], what: str, **kw: Any) -> Any:
+        value = self.string(name, **kw)
+        if value is not None and not pattern.fullmatch(value):
+            raise self.error(self.key(name), f"expected {what}, got {value!r:.80}")
+        return value
+
+    def section(self, name: str, required: bool = False) -> _Reader:
+        return _Reader(self.path, self.get(name, {}, required), self.key(name) + ".")
+
+    def finish(self) -> None:
+        unknown = [k for k in self.data if k not in self.used]
+        if unknown:
+            raise self.error(self.key(str(unknown[0])), "unknown key")
+
+
+def _load_yaml(path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "syntax"
+        raise ConfigError(f"{path}: {where}: not valid YAML") from None
+    return {} if data is None else data
+
+
+def _log_level(reader: _Reader) -> str:
+    log = reader.section("log")
+    level = log.string("level", "info").lower()
+    if level not in LOG_LEVELS:
+        raise log.error(log.key("level"), f"expected one of {', '.join(LOG_LEVELS)}")
+    log.finish()
+    return level
+
+
+def parse_targets(reader: _Reader) -> dict[str, dict[str, int]]:
+    """targets: {name: concurrency} or {name: {slot: concurrency}}."""
+    targets: dict[str, dict[str, int]] = {}
+    raw = reader.get("targets", required=True)
+    if not isinstance(raw, dict):
+        raise reader.error("targets", "expected a map of target: concurrency or slots")
+    for target, value in raw.items():
+        key = f"targets.{target}"
+        if not isinstance(target, str) or not NAME_PATTERN.fullmatch(target):
+            raise reader.error(key, f"target names must match {NAME_PATTERN.pattern}")
+        if isinstance(value, dict):
+            if not value:
+                raise reader.error(key, "expected at least one slot")
+            slots = value
+        else:
+            slots = {"default": value}
+        clean: dict[str, int] = {}
+        for slot, concurrency in slots.items():
+            slot_key = key if not isinstance(value, dict) else f"{key}.{slot}"
+            if not isinstance(slot, str) or not NAME_PATTERN.fullmatch(slot):
+                raise reader.error(slot_key, f"slot names must match {NAME_PATTERN.pattern}")
+            if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+                raise reader.error(slot_key, "concurrency must be an integer")
+            if concurrency < 1:
+                raise reader.error(slot_key, f"concurrency must be at least 1, got {concurrency}")
+            clean[slot] = concurrency
+        targets[target] = clean
+    return targets
+
+
+def _database(reader: _Reader) -> DatabaseURL:
+    # The environment wins, so the password can stay out of the file.
+    url = os.environ.get(DATABASE_URL_ENV) or reader.string("database")
+    reader.used.add("database")
+    if not url:
+        raise reader.error("database", f"required key is missing (or set {DATABASE_URL_ENV})")
+    try:
+        return DatabaseURL.parse(url)
+    except ValueError as exc:
+        source = DATABASE_URL_ENV if os.environ.get(DATABASE_URL_ENV) else "database"
+        raise reader.error(source, str(exc)) from None
+
+
+def _launcher(reader: _Reader) -> LauncherConfig:
+    section = reader.section("launcher", required=True)
+    command = section.string("command", required=True)
+    if not command.strip():
+        raise section.error(section.key("command"), "must not be empty")
+    cwd = section.string("cwd")
+    env = section.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        for k, v in env.items()
+    ):
+        raise section.error(section.key("env"), "expected a map of NAME: string")
+    section.finish()
+    return LauncherConfig(command=command, cwd=cwd, env={k: str(v) for k, v in env.items()})
+
+
+def load_worker_config(path: str) -> WorkerConfig:
+    reader = _Reader(path, _load_yaml(path))
+    name = reader.matching(
+        "name",
+        WORKER_NAME_PATTERN,
+        "a name of letters, digits, '_', '.', '-'",
+        default=socket.gethostname().split(".")[0] or "jobd",
+    )
+    config = WorkerConfig(
+        path=path,
+        name=name,
+        listen=reader.matching(
+            "listen", ENDPOINT_PATTERN, "a ZeroMQ endpoint", default="tcp://127.0.0.1:7080"
+        ),
+        master=reader.matching("master", ENDPOINT_PATTERN, "a ZeroMQ endpoint"),
+        database=_database(reader),
+        table=reader.matching("table", TABLE_PATTERN, "a table name", default="jobs"),
+        fetch_limit=reader.integer("fetch_limit", 100, 1, 100_000),
+        poll_interval=reader.number("poll_interval", 5.0, 0.0),
+        launcher=_launcher(reader),
+        max_output_buffer=reader.integer("max_output_buffer", 1 << 20, 0, MAX_OUTPUT_BUFFER),
+        targets=parse_targets(reader),
+        log_level=_log_level(reader),
+    )
+    reader.finish()
+    return config
+
+
+def load_master_config(path: str) -> MasterConfig:
+    reader = _Reader(path, _load_yaml(path))
+    config = MasterConfig(
+        path=path,
+        listen=reader.matching(
+            "listen", ENDPOINT_PATTERN, "a ZeroMQ endpoint", default="tcp://127.0.0.1:7081"
+        ),
+        ping_interval=reader.number("ping_interval", 5.0, 0.05),
+        log_level=_log_level(reader),
+    )
+    reader.finish()
+    return config

@@ -1,0 +1,101 @@
+"""Running the jobd worker as a process: bind, connect, serve, stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import sdnotify
+import zmq
+import zmq.asyncio
+
+from jobd import __version__, protocol
+from jobd.config import WorkerConfig
+from jobd.launcher import Launcher
+from jobd.rpc import Dispatcher, Endpoint, bind_router
+from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
+from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
+
+log = logging.getLogger("jobd")
+
+
+class StartupError(Exception):
+    """The worker cannot run with this setup (exit status 2)."""
+
+
+async def check_database(store: JobStore) -> None:
+    """Raise StartupError unless the table has every column jobd needs."""
+    missing = await store.missing_columns()
+    if len(missing) == len(REQUIRED_COLUMNS):
+        raise StartupError(f"table {store.table_name} does not exist in {store.url.redacted()}")
+    if missing:
+        raise StartupError(f"table {store.table_name} lacks columns: {', '.join(missing)}")
+
+
+async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
+    """Connect to the database, retrying with backoff when `retry` (the daemon waits
+    for a database that is starting; --check does not)."""
+    store = JobStore(config.database, config.table, config.name)
+    delay = RETRY_MIN
+    while True:
+        try:
+            await store.connect()
+            await check_database(store)
+            return store
+        except StorageError as exc:
+            await store.close()
+            if not retry:
+                raise StartupError(str(exc)) from None
+            log.warning("database not ready, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+        except StartupError:
+            await store.close()
+            raise
+
+
+async def run_worker(config: WorkerConfig) -> int:
+    ctx = zmq.asyncio.Context()
+    try:
+        sock = bind_router(ctx, config.listen)
+    except zmq.ZMQError as exc:
+        ctx.term()
+        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+    store = await connect_store(config, retry=True)
+    worker = Worker(config, store, Launcher(config.launcher, config.max_output_buffer))
+    endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
+    endpoint.start()
+    worker.start()
+    log.info(
+        "jobd %s worker %s listening on %s, database %s, targets %s",
+        __version__, config.name, config.listen, config.database.redacted(),
+        ", ".join(config.targets) or "none",
+    )  # fmt: skip
+    sdnotify.SystemdNotifier().notify("READY=1")
+
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s: stopping; running jobs may finish", signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("%s again: killing running jobs", signal.Signals(signum).name)
+            for running in list(worker.running.values()):
+                running.send_signal(signal.SIGKILL)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    sdnotify.SystemdNotifier().notify("STOPPING=1")
+    await worker.stop()
+    await endpoint.close()
+    await store.close()
+    ctx.term()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,43 @@
+"""Plain values that pass between storage, launcher and worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Job:
+    """A claimed row, waiting in its slot or running."""
+
+    id: int
+    target: str
+    slot: str
+    priority: int = 0
+    manual: bool = False
+
+    def order_key(self) -> tuple[int, int, int]:
+        # Manual runs first (an operator is waiting), then priority, then id.
+        return (0 if self.manual else 1, -self.priority, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one run of a job ended, as written back to its row."""
+
+    result: str  # 'ok' exactly when return_code == 0, else 'fail'
+    return_code: int | None
+    sig: str | None  # signal name such as 'SIGKILL' when the process was killed
+    stdout: str
+    stderr: str
+    duration: float  # seconds, measured by the worker
+
+    def as_reply(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "code": self.return_code,
+            "signal": self.sig,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "duration": round(self.duration, 6),
+        }

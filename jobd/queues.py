@@ -1,0 +1,88 @@
+"""In-memory queues of one worker: targets, their slots, and the jobs claimed for them.
+
+Pure bookkeeping: no I/O, so the scheduling rules (who may start, how much to claim)
+can be read and tested on their own.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from jobd.jobs import Job
+
+
+@dataclass
+class SlotQueue:
+    """One slot of a target: jobs waiting to start in order, and the ids running."""
+
+    concurrency: int
+    queued: list[tuple[tuple[int, int, int], Job]] = field(default_factory=list)
+    running: set[int] = field(default_factory=set)
+
+    def push(self, job: Job) -> None:
+        heapq.heappush(self.queued, (job.order_key(), job))
+
+    def room(self) -> int:
+        """How many more jobs this slot could take on now (queued ones count as taken)."""
+        return max(0, self.concurrency - len(self.running) - len(self.queued))
+
+    def pop_startable(self, paused: bool) -> Iterator[Job]:
+        """Jobs that may start now; when paused, only manual runs (an operator asked)."""
+        while self.queued and len(self.running) < self.concurrency:
+            job = self.queued[0][1]
+            if paused and not job.manual:
+                return
+            heapq.heappop(self.queued)
+            self.running.add(job.id)
+            yield job
+
+    def drain(self) -> list[Job]:
+        jobs = [job for _, job in self.queued]
+        self.queued.clear()
+        return jobs
+
+
+@dataclass
+class TargetQueue:
+    """A target this worker serves."""
+
+    name: str
+    slots: dict[str, SlotQueue]
+    paused: bool = False
+
+    @classmethod
+    def from_config(cls, name: str, slots: Mapping[str, int]) -> TargetQueue:
+        return cls(name, {slot: SlotQueue(c) for slot, c in slots.items()})
+
+    def room(self) -> dict[str, int]:
+        return {name: slot.room() for name, slot in self.slots.items()}
+
+    def queued_count(self) -> int:
+        return sum(len(slot.queued) for slot in self.slots.values())
+
+    def running_count(self) -> int:
+        return sum(len(slot.running) for slot in self.slots.values())
+
+    def concurrency(self) -> dict[str, int]:
+        return {name: slot.concurrency for name, slot in self.slots.items()}
+
+    def set_concurrency(self, slot: str, concurrency: int) -> None:
+        if slot in self.slots:
+            self.slots[slot].concurrency = concurrency
+        else:
+            self.slots[slot] = SlotQueue(concurrency)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "paused": self.paused,
+            "slots": {
+                name: {
+                    "concurrency": slot.concurrency,
+                    "queued": len(slot.queued),
+                    "running": len(slot.running),
+                }
+                for name, slot in self.slots.items()
+            },
+        }

@@ -1,0 +1,206 @@
+"""Requests and replies over one ZeroMQ socket, in both directions.
+
+An `Endpoint` owns one socket (a ROUTER a daemon binds, or a DEALER that connects):
+it answers incoming requests with a `Dispatcher` and matches incoming replies to the
+requests it sent itself.  The worker, the master and the client all use it, so the
+framing lives in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from jobd import protocol
+from jobd.protocol import ErrorCode, RequestError, RequestType
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+#: Called with the envelope (ROUTER identity frames) of each incoming request.
+PeerHook = Callable[[Sequence[bytes]], None]
+
+
+class NoAnswer(Exception):
+    """The peer did not answer in time (or could not be reached)."""
+
+
+class Dispatcher:
+    """Validates a request against a request table and runs its handler."""
+
+    def __init__(
+        self,
+        table: Mapping[str, RequestType],
+        handlers: Mapping[str, Handler],
+        log: logging.Logger,
+    ) -> None:
+        missing = set(table) - set(handlers)
+        extra = set(handlers) - set(table)
+        if missing or extra:
+            raise ValueError(f"handlers do not match the request table: {missing or extra}")
+        self.table = table
+        self.handlers = handlers
+        self.log = log
+
+    async def dispatch(self, message: Any) -> dict[str, Any]:
+        no = protocol.request_no(message)
+        try:
+            no, type_, data = protocol.parse_request(message, self.table)
+            self.log.debug("request %s #%s", type_, no)
+            return protocol.reply_message(no, await self.handlers[type_](data))
+        except RequestError as exc:
+            return protocol.error_message(no, exc.code, exc.message)
+        except Exception:
+            self.log.exception("request #%s failed", no)
+            return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
+
+
+def configure_socket(sock: zmq.Socket, max_message_size: int = protocol.MAX_MESSAGE_SIZE) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+
+
+class Endpoint:
+    """One socket: answers requests through a dispatcher, and sends requests of its own."""
+
+    def __init__(
+        self,
+        sock: zmq.asyncio.Socket,
+        dispatcher: Dispatcher | None,
+        log: logging.Logger,
+        on_request: PeerHook | None = None,
+    ) -> None:
+        self.sock = sock
+        self.dispatcher = dispatcher
+        self.log = log
+        self.on_request = on_request
+        self._numbers = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for task in list(self._tasks):
+            task.cancel()
+        for future in self._pending.values():
+            future.cancel()
+        self.sock.close(linger=0)
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                frames = await self.sock.recv_multipart(copy=True)
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                self.log.warning("receive failed: %s", exc)
+                continue
+            self._received(frames)
+
+    def _received(self, frames: list[bytes]) -> None:
+        envelope, payload = frames[:-1], frames[-1]
+        try:
+            message = protocol.decode(payload)
+        except RequestError as exc:
+            self._spawn(self._send(envelope, protocol.error_message(None, exc.code, exc.message)))
+            return
+        if protocol.is_reply(message):
+            future = self._pending.pop(message["no"], None) if _hashable(message["no"]) else None
+            if future is not None and not future.done():
+                future.set_result(message)
+            return
+        if self.dispatcher is None:
+            return  # a plain client does not answer requests
+        if self.on_request is not None:
+            self.on_request(envelope)
+        self._spawn(self._answer(envelope, message))
+
+    async def _answer(self, envelope: list[bytes], message: Any) -> None:
+        assert self.dispatcher is not None
+        await self._send(envelope, await self.dispatcher.dispatch(message))
+
+    async def _send(self, envelope: Sequence[bytes], message: Mapping[str, Any]) -> None:
+        try:
+            await self.sock.send_multipart([*envelope, protocol.encode(message)])
+        except zmq.ZMQError as exc:
+            # The peer went away (ROUTER_MANDATORY) or the socket is closing.
+            self.log.debug("reply not sent: %s", exc)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def request(
+        self,
+        type_: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        envelope: Sequence[bytes] = (),
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a request and wait for its reply.
+
+        Returns the reply's data; raises RequestError for an error reply and NoAnswer on timeout.
+        """
+        no = next(self._numbers)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[no] = future
+        try:
+            try:
+                message = protocol.encode(protocol.request_message(no, type_, data))
+                await self.sock.send_multipart([*envelope, message])
+            except zmq.ZMQError as exc:
+                raise NoAnswer(f"cannot send: {exc}") from None
+            try:
+                reply = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise NoAnswer(f"no answer within {timeout:g} s") from None
+        finally:
+            self._pending.pop(no, None)
+        if "error" in reply:
+            raise RequestError(str(reply.get("code", ErrorCode.INTERNAL)), str(reply["error"]))
+        return reply.get("data")
+
+    def send_nowait(
+        self, type_: str, data: Mapping[str, Any] | None = None, envelope: Sequence[bytes] = ()
+    ) -> None:
+        """Send a request whose reply nobody waits for (it is dropped when it arrives)."""
+        no = next(self._numbers)
+        message = protocol.encode(protocol.request_message(no, type_, data))
+        self._spawn(self._send_frames([*envelope, message]))
+
+    async def _send_frames(self, frames: list[bytes]) -> None:
+        try:
+            await self.sock.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            self.log.debug("request not sent: %s", exc)
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, int | str | None)
+
+
+def bind_router(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    """A ROUTER socket bound at `endpoint`; raises zmq.ZMQError if it cannot bind."""
+    sock = ctx.socket(zmq.ROUTER)
+    configure_socket(sock)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock

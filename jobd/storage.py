@@ -1,0 +1,308 @@
+"""The jobs table: every change of a row's state is one named method of `JobStore`
+over one named query of `Queries`.
+
+    waiting --claim_jobs--> accepted --mark_running--> running --record_outcome--> done
+    manual  --accept_manual--> accepted
+    waiting --claim_jobs (slot not served)--> ignored
+    accepted --release_jobs--> waiting / manual
+
+Storage knows no sockets and no processes.  Every database failure surfaces as
+`StorageError`, whose message never contains the password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiomysql
+import pymysql
+
+from jobd.config import DatabaseURL
+from jobd.jobs import Job, Outcome
+
+DEFAULT_SLOT = "default"
+
+#: Columns jobd reads or writes; `jobd --check` insists on all of them.
+REQUIRED_COLUMNS = (
+    "id", "target", "slot", "time_created", "time_started", "time_finished", "status",
+    "result", "return_code", "sig", "stdout", "stderr",
+    "priority", "run_at", "attempts", "worker", "time_claimed",
+)  # fmt: skip
+
+log = logging.getLogger("jobd.storage")
+
+
+class StorageError(Exception):
+    """The database could not be reached or refused a statement."""
+
+
+class Queries:
+    """Every SQL statement jobd runs.  `{t}` is the (validated, quoted) table name;
+    `{ids}` and `{slots}` expand to placeholders.  All values are parameters."""
+
+    probe_skip_locked = "SELECT id FROM {t} WHERE 1 = 0 FOR UPDATE SKIP LOCKED"
+    columns = (
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS"
+        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
+    )
+    # One per target in a claim: the waiting rows of slots with room, plus rows of slots
+    # this worker does not serve (to be ignored), best first.
+    select_claimable = (
+        "SELECT id, COALESCE(slot, 'default') AS slot, priority FROM {t}"
+        " WHERE status = 'waiting' AND target = %s AND (run_at IS NULL OR run_at <= %s)"
+        " AND (COALESCE(slot, 'default') IN ({free}) OR COALESCE(slot, 'default') NOT IN ({known}))"
+        " ORDER BY priority DESC, id LIMIT %s {lock}"
+    )
+    accept = (
+        "UPDATE {t} SET status = 'accepted', worker = %s, time_claimed = %s WHERE id IN ({ids})"
+    )
+    ignore = (
+        "UPDATE {t} SET status = 'ignored', worker = %s, time_finished = %s,"
+        " stderr = CONCAT('jobd: worker ', %s, ' has no slot ''', COALESCE(slot, 'default'),"
+        " ''' for target ''', target, '''')"
+        " WHERE id IN ({ids})"
+    )
+    select_for_manual = (
+        "SELECT id, target, COALESCE(slot, 'default') AS slot, priority, status FROM {t}"
+        " WHERE id IN ({ids}) FOR UPDATE"
+    )
+    accept_manual = (
+        "UPDATE {t} SET status = 'accepted', worker = %s, time_claimed = %s"
+        " WHERE id IN ({ids}) AND status = 'manual'"
+    )
+    mark_running = (
+        "UPDATE {t} SET status = 'running', time_started = %s, attempts = attempts + 1"
+        " WHERE id IN ({ids}) AND status = 'accepted' AND worker = %s"
+    )
+    record_outcome = (
+        "UPDATE {t} SET status = 'done', result = %s, return_code = %s, sig = %s,"
+        " stdout = %s, stderr = %s, time_finished = %s"
+        " WHERE id = %s AND status = 'running' AND worker = %s"
+    )
+    release = (
+        "UPDATE {t} SET status = %s, worker = NULL, time_claimed = 0"
+        " WHERE id IN ({ids}) AND status = 'accepted' AND worker = %s"
+    )
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+@dataclass
+class Claim:
+    """What one claim transaction took."""
+
+    accepted: list[Job] = field(default_factory=list)
+    ignored: list[int] = field(default_factory=list)
+    #: Targets whose select came back full: more rows may be waiting.
+    full: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ManualRow:
+    id: int
+    target: str
+    slot: str
+    priority: int
+    status: str
+
+
+class JobStore:
+    """All access to the jobs table of one worker."""
+
+    def __init__(self, url: DatabaseURL, table: str, worker: str, pool_size: int = 3) -> None:
+        self.url = url
+        self.table = f"`{table}`"  # validated against config.TABLE_PATTERN
+        self.table_name = table
+        self.worker = worker
+        self.pool_size = pool_size
+        self.skip_locked = True
+        self._pool: aiomysql.Pool | None = None
+
+    # --- connection ---------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the pool and detect SKIP LOCKED; raises StorageError."""
+        try:
+            self._pool = await aiomysql.create_pool(
+                minsize=1,
+                maxsize=self.pool_size,
+                host=self.url.host,
+                port=self.url.port,
+                user=self.url.user,
+                password=self.url.password,
+                db=self.url.database,
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=5,
+                pool_recycle=3600,
+                # A queue wants READ COMMITTED: a claim locks only the rows it returns.
+                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            )
+        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
+            raise StorageError(
+                f"cannot connect to {self.url.redacted()}: {_describe(exc)}"
+            ) from None
+        self.skip_locked = await self._probe_skip_locked()
+        if not self.skip_locked:
+            log.warning("the server has no SKIP LOCKED; claiming with plain FOR UPDATE")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, transaction: bool = False) -> AsyncIterator[aiomysql.Cursor]:
+        if self._pool is None:
+            raise StorageError("not connected")
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    if transaction:
+                        await conn.begin()
+                    async with conn.cursor() as cur:
+                        yield cur
+                    if transaction:
+                        await conn.commit()
+                except BaseException:
+                    # Never hand a connection in an unknown state back to the pool.
+                    conn.close()
+                    raise
+        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
+            raise StorageError(_describe(exc)) from None
+
+    def _sql(self, query: str, lock: str = "", **lists: int) -> str:
+        placeholders = {k: _placeholders(n) for k, n in lists.items()}
+        return query.format(t=self.table, lock=lock, **placeholders)
+
+    async def _probe_skip_locked(self) -> bool:
+        try:
+            async with self._cursor(transaction=True) as cur:
+                await cur.execute(self._sql(Queries.probe_skip_locked))
+            return True
+        except StorageError as exc:
+            if "syntax" in str(exc).lower():
+                return False
+            raise
+
+    async def missing_columns(self) -> list[str]:
+        """Columns of REQUIRED_COLUMNS the table lacks (all of them if it does not exist)."""
+        async with self._cursor() as cur:
+            await cur.execute(Queries.columns, (self.url.database, self.table_name))
+            present = {row[0] for row in await cur.fetchall()}
+        return [c for c in REQUIRED_COLUMNS if c not in present]
+
+    # --- state changes ------------------------------------------------------------
+
+    async def claim_jobs(
+        self,
+        wanted: Mapping[str, Mapping[str, int]],
+        known_slots: Mapping[str, Iterable[str]],
+        limit: int,
+    ) -> Claim:
+        """waiting -> accepted for at most `wanted[target][slot]` rows per slot, and
+        waiting -> ignored for rows of slots this worker does not have; one transaction."""
+        claim = Claim()
+        now = int(time.time())
+        lock = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
+        async with self._cursor(transaction=True) as cur:
+            for target, free in wanted.items():
+                free_slots = [s for s, n in free.items() if n > 0]
+                known = list(known_slots[target])
+                want = min(sum(free.values()), limit - len(claim.accepted))
+                if not free_slots or want <= 0:
+                    continue
+                # Select a little more than wanted, so one full slot at the head of the
+                # order does not hide the rows of another.
+                fetch = want * 2 if len(free_slots) > 1 else want
+                sql = self._sql(
+                    Queries.select_claimable, lock, free=len(free_slots), known=len(known)
+                )
+                await cur.execute(sql, (target, now, *free_slots, *known, fetch))
+                rows = await cur.fetchall()
+                if len(rows) >= fetch:
+                    claim.full.add(target)
+                room = dict(free)
+                for job_id, slot, priority in rows:
+                    if slot not in room:
+                        claim.ignored.append(job_id)
+                    elif room[slot] > 0 and want > 0:
+                        room[slot] -= 1
+                        want -= 1
+                        claim.accepted.append(Job(job_id, target, slot, priority))
+                    else:
+                        claim.full.add(target)  # rows left behind for a slot with no room
+            if claim.accepted:
+                ids = [job.id for job in claim.accepted]
+                await cur.execute(self._sql(Queries.accept, ids=len(ids)), (self.worker, now, *ids))
+            if claim.ignored:
+                await cur.execute(
+                    self._sql(Queries.ignore, ids=len(claim.ignored)),
+                    (self.worker, now, self.worker, *claim.ignored),
+                )
+        return claim
+
+    async def accept_manual(
+        self, ids: Sequence[int], refusal: Callable[[ManualRow], str | None]
+    ) -> tuple[list[ManualRow], dict[int, str]]:
+        """manual -> accepted for the rows of `ids` that `refusal` finds nothing against.
+
+        Returns the accepted rows and {id: reason} for the others (unknown ids: not found)."""
+        now = int(time.time())
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._sql(Queries.select_for_manual, ids=len(ids)), tuple(ids))
+            rows = {row[0]: ManualRow(*row) for row in await cur.fetchall()}
+            errors = {i: f"job {i} not found" for i in ids if i not in rows}
+            accepted = []
+            for row in rows.values():
+                reason = refusal(row)
+                if reason is None:
+                    accepted.append(row)
+                else:
+                    errors[row.id] = reason
+            if accepted:
+                await cur.execute(
+                    self._sql(Queries.accept_manual, ids=len(accepted)),
+                    (self.worker, now, *(row.id for row in accepted)),
+                )
+        return accepted, errors
+
+    async def mark_running(self, ids: Sequence[int]) -> None:
+        """accepted -> running, right before the processes are spawned."""
+        async with self._cursor() as cur:
+            await cur.execute(
+                self._sql(Queries.mark_running, ids=len(ids)),
+                (int(time.time()), *ids, self.worker),
+            )
+
+    async def record_outcomes(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
+        """running -> done, with the result and output; one transaction for the batch."""
+        now = int(time.time())
+        params = [
+            (o.result, o.return_code, o.sig, o.stdout, o.stderr, now, job_id, self.worker)
+            for job_id, o in outcomes
+        ]
+        async with self._cursor(transaction=True) as cur:
+            await cur.executemany(self._sql(Queries.record_outcome), params)
+
+    async def release_jobs(self, ids: Sequence[int], status: str = "waiting") -> None:
+        """accepted -> waiting (or back to manual): jobs this worker will not start."""
+        if ids:
+            async with self._cursor() as cur:
+                await cur.execute(
+                    self._sql(Queries.release, ids=len(ids)), (status, *ids, self.worker)
+                )
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line description of a database error; pymysql's never include the password."""
+    if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) >= 2:
+        return f"({exc.args[0]}) {exc.args[1]}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
