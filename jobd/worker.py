@@ -51,6 +51,9 @@ class Worker:
         self.running: dict[int, RunningJob] = {}
         self.manual_results: dict[int, asyncio.Future[Outcome]] = {}
         self.stopping = False
+        #: Called after add-target, remove-target or set-target-concurrency changed the
+        #: targets (the master link re-registers with it).
+        self.on_targets_changed: Callable[[], None] | None = None
         self._wake = asyncio.Event()
         self._outcomes: asyncio.Queue[tuple[Job, Outcome]] = asyncio.Queue()
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -94,6 +97,19 @@ class Worker:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+
+    def registration(self) -> dict[str, Any]:
+        """What the master needs to know of this worker (register-worker data)."""
+        return {
+            "name": self.config.name,
+            "targets": {name: t.concurrency() for name, t in self.targets.items()},
+            "version": __version__,
+            "listen": self.config.listen,
+        }
+
+    def _targets_changed(self) -> None:
+        if self.on_targets_changed is not None:
+            self.on_targets_changed()
 
     # --- claiming and starting ----------------------------------------------------
 
@@ -344,6 +360,7 @@ class Worker:
             raise RequestError(ErrorCode.CONFLICT, f"target {name} is served already")
         self.targets[name] = TargetQueue.from_config(name, data["slots"])
         log.info("added target %s %s", name, data["slots"])
+        self._targets_changed()
         self.poll([name])
         return {"target": name, "slots": self.targets[name].concurrency()}
 
@@ -354,12 +371,14 @@ class Worker:
         queued = [job for slot in target.slots.values() for job in slot.drain()]
         await self._release(queued)
         log.info("removed target %s (%d queued jobs released)", target.name, len(queued))
+        self._targets_changed()
         return {"target": target.name, "released": len(queued), "running": target.running_count()}
 
     async def handle_set_target_concurrency(self, data: dict[str, Any]) -> Any:
         target = self._target(data["target"])
         target.set_concurrency(data["slot"], data["concurrency"])
         log.info("target %s slot %s concurrency %d", target.name, data["slot"], data["concurrency"])
+        self._targets_changed()
         self.poll([target.name])
         return {"target": target.name, "slots": target.concurrency()}
 

@@ -1,0 +1,262 @@
+"""Fixtures: a real MariaDB database per test run, a fresh jobs table per test, and
+real `jobd` / `jobd-master` processes started with generated configs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import yaml
+
+from jobd.client import NoAnswer, call
+from jobd.config import DatabaseURL
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = (ROOT / "schema.sql").read_text()
+SERVER_URL = os.environ.get("JOBD_TEST_DATABASE_URL", "mysql://root@127.0.0.1:3306/")
+
+
+@dataclass(frozen=True)
+class Database:
+    url: DatabaseURL
+
+    def connect(self) -> pymysql.connections.Connection:
+        return pymysql.connect(
+            host=self.url.host,
+            port=self.url.port,
+            user=self.url.user,
+            password=self.url.password,
+            database=self.url.database,
+            autocommit=True,
+            charset="utf8mb4",
+        )
+
+    @property
+    def url_string(self) -> str:
+        password = f":{self.url.password}" if self.url.password else ""
+        return (
+            f"mysql://{self.url.user}{password}@{self.url.host}:{self.url.port}/{self.url.database}"
+        )
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[Database]:
+    """A database of its own for this test run, dropped afterwards."""
+    server = DatabaseURL.parse(SERVER_URL.rstrip("/") + "/mysql")
+    name = f"jobd_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = pymysql.connect(
+        host=server.host, port=server.port, user=server.user, password=server.password,
+        autocommit=True,
+    )  # fmt: skip
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield Database(DatabaseURL(server.user, server.password, server.host, server.port, name))
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+class Jobs:
+    """A fresh jobs table for one test, with helpers to fill and inspect it."""
+
+    def __init__(self, db: Database, table: str) -> None:
+        self.db = db
+        self.table = table
+        self.conn = db.connect()
+        self.execute(SCHEMA.replace("`jobs`", f"`{table}`"))
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def insert(self, target: str, count: int = 1, **columns: Any) -> list[int]:
+        """Insert `count` rows in one statement; returns their ids."""
+        names = ["target", "time_created", *columns]
+        row = [target, int(time.time()), *columns.values()]
+        sql = f"INSERT INTO `{self.table}` ({', '.join(names)}) VALUES " + ", ".join(
+            ["(" + ", ".join(["%s"] * len(names)) + ")"] * count
+        )
+        with self.conn.cursor() as cur:
+            cur.execute(sql, row * count)
+            first = cur.lastrowid
+        return list(range(first, first + count))
+
+    def rows(self, where: str = "1", params: Any = None) -> list[dict[str, Any]]:
+        with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(f"SELECT * FROM `{self.table}` WHERE {where} ORDER BY id", params)
+            return list(cur.fetchall())
+
+    def row(self, job_id: int) -> dict[str, Any]:
+        rows = self.rows("id = %s", (job_id,))
+        assert rows, f"no row {job_id}"
+        return rows[0]
+
+    def count(self, where: str = "1", params: Any = None) -> int:
+        return int(self.execute(f"SELECT COUNT(*) FROM `{self.table}` WHERE {where}", params)[0][0])
+
+    def wait_done(self, ids: list[int] | None = None, timeout: float = 20.0) -> list[dict]:
+        """Wait until the rows (all rows if no ids) are finished; returns them."""
+        where = "status NOT IN ('done', 'ignored')"
+        params: tuple[Any, ...] = ()
+        if ids is not None:
+            where += f" AND id IN ({', '.join(['%s'] * len(ids))})"
+            params = tuple(ids)
+        wait_for(lambda: self.count(where, params) == 0, timeout, f"jobs of {self.table} done")
+        if ids is None:
+            return self.rows()
+        return self.rows(f"id IN ({', '.join(['%s'] * len(ids))})", tuple(ids))
+
+    def close(self) -> None:
+        self.execute(f"DROP TABLE IF EXISTS `{self.table}`")
+        self.conn.close()
+
+
+@pytest.fixture
+def jobs(database: Database) -> Iterator[Jobs]:
+    table = Jobs(database, f"jobs_{secrets.token_hex(4)}")
+    yield table
+    table.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    """A jobd or jobd-master process started by a test."""
+
+    argv: list[str]
+    config_path: Path
+    address: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: Any = field(default=None, repr=False)
+
+    def start(self, wait: bool = True) -> Daemon:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def answers() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log()}")
+            try:
+                call(self.address, "ping", timeout=0.5)
+                return True
+            except NoAnswer:
+                return False
+
+        wait_for(answers, timeout, f"{self.address} to answer")
+
+    def request(self, type_: str, data: dict[str, Any] | None = None, timeout: float = 10.0):
+        return call(self.address, type_, data, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log:
+            self._log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        if self._log:
+            self._log.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Every daemon a test starts is stopped at teardown."""
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def start_worker(jobs: Jobs, tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]:
+    """start_worker(targets={...}, command="...", **config) -> a running jobd process."""
+    counter = iter(range(1000))
+
+    def start(
+        targets: dict[str, Any] | None = None,
+        command: str = "/bin/true",
+        wait: bool = True,
+        **config: Any,
+    ) -> Daemon:
+        n = next(counter)
+        port = free_port()
+        settings: dict[str, Any] = {
+            "name": f"w{n}",
+            "listen": f"tcp://127.0.0.1:{port}",
+            "database": jobs.db.url_string,
+            "table": jobs.table,
+            "poll_interval": 0,
+            "launcher": {"command": command},
+            "targets": targets if targets is not None else {"t": 2},
+            "log": {"level": "info"},
+        }
+        settings.update(config)
+        path = tmp_path / f"{settings['name']}.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        daemon = Daemon(
+            argv=[sys.executable, "-m", "jobd", "--config", str(path)],
+            config_path=path,
+            address=settings["listen"],
+            log_path=tmp_path / f"{settings['name']}.log",
+        )
+        daemons.append(daemon)
+        return daemon.start(wait=wait)
+
+    return start
