@@ -12,7 +12,7 @@ import zmq.asyncio
 
 from jobd import __version__, protocol
 from jobd.config import WorkerConfig
-from jobd.launcher import Launcher
+from jobd.launcher import Launcher, use_pidfd_child_watcher
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
@@ -56,6 +56,7 @@ async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
 
 
 async def run_worker(config: WorkerConfig) -> int:
+    use_pidfd_child_watcher()
     ctx = zmq.asyncio.Context()
     try:
         sock = bind_router(ctx, config.listen)

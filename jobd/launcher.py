@@ -16,14 +16,16 @@ import os
 import re
 import shlex
 import signal
+import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Mapping
 
 from jobd.config import DATABASE_URL_ENV, LauncherConfig
 from jobd.jobs import Job, Outcome
 
 _PLACEHOLDER = re.compile(r"\{(id|target|slot)\}")
-_READ_CHUNK = 1 << 16
 #: How long to wait for output pipes after the group is gone (a process that escaped
 #: the group with setsid may still hold them open).
 _PIPE_GRACE = 1.0
@@ -62,29 +64,46 @@ class OutputBuffer:
         return text
 
 
-async def _drain(stream: asyncio.StreamReader | None, buffer: OutputBuffer) -> None:
-    if stream is None:
-        return
-    while chunk := await stream.read(_READ_CHUNK):
-        buffer.feed(chunk)
+class _JobProtocol(asyncio.SubprocessProtocol):
+    """Collects a job's output as it arrives and notes when the process exits.
+
+    asyncio's own Process.wait() only returns once the pipes are closed, which a
+    background child of the job can hold open forever; this protocol tells exit and
+    pipe closure apart."""
+
+    def __init__(self, max_output: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.outputs = {1: OutputBuffer(max_output), 2: OutputBuffer(max_output)}
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self.outputs[fd].feed(data if isinstance(data, bytes) else data.encode())
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class RunningJob:
     """A started job process."""
 
     def __init__(
-        self, job: Job, process: asyncio.subprocess.Process, max_output: int, started: float
+        self,
+        job: Job,
+        transport: asyncio.SubprocessTransport,
+        protocol: _JobProtocol,
+        started: float,
     ) -> None:
         self.job = job
-        self.process = process
-        self.pid = process.pid
+        self.transport = transport
+        self.protocol = protocol
+        self.pid = transport.get_pid()
         self.started = started
-        self._stdout = OutputBuffer(max_output)
-        self._stderr = OutputBuffer(max_output)
-        self._readers = [
-            asyncio.ensure_future(_drain(process.stdout, self._stdout)),
-            asyncio.ensure_future(_drain(process.stderr, self._stderr)),
-        ]
 
     def send_signal(self, sig: int) -> None:
         """Signal the job's whole process group."""
@@ -92,12 +111,15 @@ class RunningJob:
             os.killpg(self.pid, sig)
 
     async def wait(self) -> Outcome:
-        code = await self.process.wait()
+        await self.protocol.exited
         duration = time.monotonic() - self.started
         self.send_signal(signal.SIGKILL)  # leftovers of the group: no stray processes
-        _, pending = await asyncio.wait(self._readers, timeout=_PIPE_GRACE)
-        for reader in pending:
-            reader.cancel()
+        # A process that left the group (setsid) may still hold the pipes: stop reading.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.protocol.closed), _PIPE_GRACE)
+        code = self.transport.get_returncode()
+        self.transport.close()
+        assert code is not None
         if code < 0:
             return_code, sig = None, signal_name(-code)
         else:
@@ -106,8 +128,8 @@ class RunningJob:
             result="ok" if code == 0 else "fail",
             return_code=return_code,
             sig=sig,
-            stdout=self._stdout.text(),
-            stderr=self._stderr.text(),
+            stdout=self.protocol.outputs[1].text(),
+            stderr=self.protocol.outputs[2].text(),
             duration=duration,
         )
 
@@ -137,19 +159,37 @@ class Launcher:
     async def start(self, job: Job) -> RunningJob:
         """Spawn the job's process; raises LaunchError if it cannot start."""
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _JobProtocol(self.max_output),
                 *self.argv(job),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=self.config.cwd,
                 env=self.env(job),
                 start_new_session=True,  # own process group, away from our terminal
             )
         except OSError as exc:
             raise LaunchError(f"jobd: cannot start {self.template[0]}: {exc}") from None
-        return RunningJob(job, process, self.max_output, started)
+        return RunningJob(job, transport, protocol, started)
+
+
+def use_pidfd_child_watcher() -> None:
+    """Python 3.11 reaps each child in a thread of its own by default; a pidfd watcher
+    reaps them from the event loop (3.12 does this by itself)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # kernel without pidfd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
 
 
 def launch_failure(error: LaunchError) -> Outcome:

@@ -306,6 +306,11 @@ MASTER_REQUESTS: dict[str, RequestType] = _table(
         },
         "Sent by a worker over its connection to the master.",
     ),
+    RequestType(
+        "unregister-worker",
+        {"name": Field(check_worker_name, True)},
+        "Sent by a stopping worker over the connection it registered on.",
+    ),
     RequestType("poke", {"targets": _targets}, "Tell the workers serving these targets to poll."),
     RequestType("pause", {"targets": _targets}, "Pause these targets on their workers."),
     RequestType("continue", {"targets": _targets}, "Continue these targets on their workers."),
