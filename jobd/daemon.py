@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import sdnotify
@@ -11,13 +12,49 @@ import zmq
 import zmq.asyncio
 
 from jobd import __version__, protocol
-from jobd.config import WorkerConfig
+from jobd.config import ConfigError, WorkerConfig, load_worker_config
 from jobd.launcher import Launcher, use_pidfd_child_watcher
+from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
 
 log = logging.getLogger("jobd")
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3); does nothing when not started by systemd (no NOTIFY_SOCKET)."""
+    sdnotify.SystemdNotifier().notify(state)
+
+
+def watchdog() -> asyncio.Task[None] | None:
+    """Ping systemd's watchdog at half its timeout while the event loop is healthy
+    (WatchdogSec= in the unit); None when the watchdog is off or meant for another pid."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    interval = int(usec) / 2e6
+
+    async def ping() -> None:
+        notifier = sdnotify.SystemdNotifier()
+        while True:
+            notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    return asyncio.create_task(ping(), name="watchdog")
+
+
+def reload_worker(config: WorkerConfig) -> None:
+    """SIGHUP (systemctl reload): take the new log level; other changes need a restart,
+    or the requests add-target, remove-target and set-target-concurrency."""
+    try:
+        new = load_worker_config(config.path)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the running config: %s", exc)
+        return
+    logging.getLogger().setLevel(new.log_level.upper())
+    log.info("reloaded %s: log level %s (other changes take a restart)", new.path, new.log_level)
 
 
 class StartupError(Exception):
@@ -42,6 +79,7 @@ async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
         try:
             await store.connect()
             await check_database(store)
+            await store.detect_skip_locked()
             return store
         except StorageError as exc:
             await store.close()
@@ -68,12 +106,16 @@ async def run_worker(config: WorkerConfig) -> int:
     endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
     endpoint.start()
     worker.start()
+    link = MasterLink(worker, config.master, ctx) if config.master else None
+    if link is not None:
+        link.start()
     log.info(
         "jobd %s worker %s listening on %s, database %s, targets %s",
         __version__, config.name, config.listen, config.database.redacted(),
         ", ".join(config.targets) or "none",
     )  # fmt: skip
-    sdnotify.SystemdNotifier().notify("READY=1")
+    notify_systemd("READY=1")
+    watchdog_task = watchdog()
 
     stop = asyncio.Event()
     signals_seen = 0
@@ -92,9 +134,14 @@ async def run_worker(config: WorkerConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, reload_worker, config)
     await stop.wait()
-    sdnotify.SystemdNotifier().notify("STOPPING=1")
+    notify_systemd("STOPPING=1")
+    if link is not None:
+        await link.close()  # the master stops routing to us while running jobs finish
     await worker.stop()
+    if watchdog_task is not None:
+        watchdog_task.cancel()
     await endpoint.close()
     await store.close()
     ctx.term()

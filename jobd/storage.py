@@ -127,7 +127,7 @@ class JobStore:
     # --- connection ---------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the pool and detect SKIP LOCKED; raises StorageError."""
+        """Open the connection pool; raises StorageError."""
         try:
             self._pool = await aiomysql.create_pool(
                 minsize=1,
@@ -148,9 +148,6 @@ class JobStore:
             raise StorageError(
                 f"cannot connect to {self.url.redacted()}: {_describe(exc)}"
             ) from None
-        self.skip_locked = await self._probe_skip_locked()
-        if not self.skip_locked:
-            log.warning("the server has no SKIP LOCKED; claiming with plain FOR UPDATE")
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -182,15 +179,17 @@ class JobStore:
         placeholders = {k: _placeholders(n) for k, n in lists.items()}
         return query.format(t=self.table, lock=lock, **placeholders)
 
-    async def _probe_skip_locked(self) -> bool:
+    async def detect_skip_locked(self) -> None:
+        """Claim with SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8)."""
         try:
             async with self._cursor(transaction=True) as cur:
                 await cur.execute(self._sql(Queries.probe_skip_locked))
-            return True
+            self.skip_locked = True
         except StorageError as exc:
-            if "syntax" in str(exc).lower():
-                return False
-            raise
+            if "syntax" not in str(exc).lower():
+                raise
+            self.skip_locked = False
+            log.warning("the server has no SKIP LOCKED; claiming with plain FOR UPDATE")
 
     async def missing_columns(self) -> list[str]:
         """Columns of REQUIRED_COLUMNS the table lacks (all of them if it does not exist)."""

@@ -90,7 +90,9 @@ def test_launcher_without_permission_fails(jobs, start_worker, tmp_path):
 
 def test_environment_cwd_and_placeholders(jobs, start_worker, tmp_path):
     # Placeholders are substituted after splitting: a value can never add arguments.
-    command = "sh -c 'echo $JOBD_ID:$JOBD_TARGET:$JOBD_SLOT:$GREETING:$(pwd):$JOBD_DATABASE_URL' {id}"
+    command = (
+        "sh -c 'echo $JOBD_ID:$JOBD_TARGET:$JOBD_SLOT:$GREETING:$(pwd):$JOBD_DATABASE_URL' {id}"
+    )
     row = run_one(
         jobs,
         start_worker,

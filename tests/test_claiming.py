@@ -1,0 +1,216 @@
+"""Claiming and scheduling across slots and workers, checked by the launcher's own record."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+
+from conftest import wait_for
+
+# Appends "start|end <worker> <slot> <id> <ns>" lines; small O_APPEND writes do not interleave.
+RECORD = (
+    "sh -c 'echo start $WORKER {slot} {id} $(date +%s%N) >> {log}; sleep {sleep}; "
+    "echo end $WORKER {slot} {id} $(date +%s%N) >> {log}'"
+)
+
+
+def recorder(log: Path, sleep: float, worker: str = "w") -> dict:
+    command = RECORD.replace("{log}", str(log)).replace("{sleep}", str(sleep))
+    return {"command": command, "env": {"WORKER": worker}}
+
+
+def read_record(log: Path) -> list[tuple[str, str, str, int, int]]:
+    """[(kind, worker, slot, id, ns)] in time order."""
+    events = []
+    for line in log.read_text().splitlines():
+        kind, worker, slot, job_id, ns = line.split()
+        events.append((kind, worker, slot, int(job_id), int(ns)))
+    return sorted(events, key=lambda e: (e[4], e[0] == "start"))
+
+
+def max_overlap(events, key) -> dict:
+    """Largest number of jobs running at once, per key(event)."""
+    current: collections.Counter = collections.Counter()
+    peak: collections.Counter = collections.Counter()
+    for event in events:
+        k = key(event)
+        current[k] += 1 if event[0] == "start" else -1
+        peak[k] = max(peak[k], current[k])
+    return dict(peak)
+
+
+def test_slot_concurrency_is_never_exceeded(jobs, start_worker, tmp_path):
+    log = tmp_path / "record"
+    worker = start_worker({"v": {"low": 2, "high": 3}}, launcher=recorder(log, 0.15))
+    ids = jobs.insert("v", 8, slot="low") + jobs.insert("v", 12, slot="high")
+    worker.request("poll")
+    rows = jobs.wait_done(ids, timeout=30)
+    assert {r["result"] for r in rows} == {"ok"}
+    peak = max_overlap(read_record(log), key=lambda e: e[2])
+    # Never above the limit, and the limit is actually used.
+    assert peak == {"low": 2, "high": 3}
+
+
+def test_three_workers_compete_for_3000_jobs_and_run_each_once(jobs, start_worker, tmp_path):
+    log = tmp_path / "ran"
+    command = f"sh -c 'echo {{id}} >> {log}'"
+    workers = [start_worker({"t": 4}, command=command) for _ in range(3)]
+    ids = jobs.insert("t", 3000)
+    for worker in workers:
+        worker.request("poll")
+    rows = jobs.wait_done(ids, timeout=120)
+    ran = [int(line) for line in log.read_text().split()]
+    assert sorted(ran) == ids  # every job ran, none twice
+    assert all(r["status"] == "done" and r["result"] == "ok" and r["attempts"] == 1 for r in rows)
+    per_worker = collections.Counter(r["worker"] for r in rows)
+    assert set(per_worker) == {"w0", "w1", "w2"}, per_worker
+
+
+def test_two_workers_share_jobs_and_run_at_the_same_time(jobs, start_worker, tmp_path):
+    log = tmp_path / "record"
+    workers = [
+        start_worker({"t": 2}, launcher=recorder(log, 0.2, worker=f"w{n}")) for n in range(2)
+    ]
+    ids = jobs.insert("t", 20)
+    for worker in workers:
+        worker.request("poll")
+    rows = jobs.wait_done(ids, timeout=30)
+    events = read_record(log)
+    per_worker = collections.Counter(e[1] for e in events if e[0] == "start")
+    # Neither worker hoards: each can only take what it can start.
+    assert per_worker["w0"] >= 4 and per_worker["w1"] >= 4, per_worker
+    assert sum(per_worker.values()) == 20
+    assert max_overlap(events, key=lambda e: e[1]) == {"w0": 2, "w1": 2}
+    assert max_overlap(events, key=lambda e: "all")["all"] > 2  # both at the same time
+    assert {r["worker"] for r in rows} == {"w0", "w1"}
+
+
+def test_a_worker_claims_no_more_than_it_can_start(jobs, start_worker):
+    worker = start_worker({"t": 2}, command="sleep 0.3", fetch_limit=100)
+    ids = jobs.insert("t", 6)
+    worker.request("poll")
+    peak = 0
+    while jobs.count("status NOT IN ('done')") > 0:
+        held = jobs.count("status IN ('accepted', 'running') AND worker = 'w0'")
+        peak = max(peak, held)
+        assert held <= 2
+        time.sleep(0.02)
+    assert peak == 2
+    assert len(jobs.wait_done(ids)) == 6
+
+
+def test_one_poll_is_carried_out_as_capacity_frees(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sleep 0.05")
+    ids = jobs.insert("t", 5)
+    worker.request("poll")  # only one poll: the rest is claimed as jobs finish
+    assert all(r["result"] == "ok" for r in jobs.wait_done(ids, timeout=15))
+
+
+def test_poll_while_full_is_remembered(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sleep 0.3")
+    (first,) = jobs.insert("t")
+    worker.request("poll")
+    wait_for(lambda: jobs.row(first)["status"] == "running", 5, "first job running")
+    (second,) = jobs.insert("t")
+    worker.request("poll")  # no room now; must be carried out when the first finishes
+    rows = jobs.wait_done([first, second])
+    assert [r["result"] for r in rows] == ["ok", "ok"]
+    assert rows[1]["time_started"] >= rows[0]["time_started"]
+
+
+def test_pause_and_continue(jobs, start_worker):
+    worker = start_worker({"t": 2, "u": 1}, command="/bin/true")
+    assert worker.request("pause", {"targets": ["t"]}) == {"targets": ["t"]}
+    status = worker.request("status")
+    assert status["targets"]["t"]["paused"] is True
+    assert status["targets"]["u"]["paused"] is False
+    paused_ids = jobs.insert("t", 3)
+    (other,) = jobs.insert("u")
+    worker.request("poll")
+    jobs.wait_done([other])  # the other target keeps running
+    time.sleep(0.3)
+    assert jobs.count("status = 'waiting'") == 3  # nothing of the paused target was taken
+    worker.request("continue", {"targets": ["t"]})
+    assert all(r["result"] == "ok" for r in jobs.wait_done(paused_ids))
+    assert worker.request("status")["targets"]["t"]["paused"] is False
+
+
+def test_pause_lets_running_jobs_finish(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sleep 0.3")
+    first, second = jobs.insert("t", 2)
+    worker.request("poll")
+    wait_for(lambda: jobs.row(first)["status"] == "running", 5, "first job running")
+    worker.request("pause")
+    assert jobs.wait_done([first])[0]["result"] == "ok"
+    time.sleep(0.3)
+    assert jobs.row(second)["status"] == "waiting"
+    worker.request("continue")
+    assert jobs.wait_done([second])[0]["result"] == "ok"
+
+
+def test_priority_then_id_order_within_a_slot(jobs, start_worker, tmp_path):
+    log = tmp_path / "order"
+    worker = start_worker({"t": 1}, command=f"sh -c 'echo {{id}} >> {log}'")
+    worker.request("pause")
+    low = jobs.insert("t", 2, priority=-1)
+    normal = jobs.insert("t", 2)
+    high = jobs.insert("t", 2, priority=5)
+    worker.request("continue")
+    jobs.wait_done(low + normal + high)
+    assert [int(x) for x in log.read_text().split()] == high + normal + low
+
+
+def test_targets_can_be_added_removed_and_resized(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sleep 0.2")
+    reply = worker.request("add-target", {"target": "new", "slots": {"a": 1, "b": 2}})
+    assert reply == {"target": "new", "slots": {"a": 1, "b": 2}}
+    assert worker.request("status")["targets"]["new"]["slots"]["b"]["concurrency"] == 2
+    ids = jobs.insert("new", 2, slot="b")
+    worker.request("poll", {"targets": ["new"]})
+    assert all(r["result"] == "ok" for r in jobs.wait_done(ids))
+
+    reply = worker.request(
+        "set-target-concurrency", {"target": "t", "concurrency": 3, "slot": "extra"}
+    )
+    assert reply["slots"] == {"default": 1, "extra": 3}
+
+    running, queued = jobs.insert("new", 2, slot="a")
+    worker.request("poll", {"targets": ["new"]})
+    wait_for(lambda: jobs.row(running)["status"] == "running", 5, "a running job")
+    reply = worker.request("remove-target", {"target": "new"})
+    assert reply["target"] == "new" and reply["running"] == 1
+    assert jobs.wait_done([running])[0]["result"] == "ok"  # the running job finished
+    assert jobs.row(queued)["status"] == "waiting"  # the rest was never taken or was put back
+    assert "new" not in worker.request("status")["targets"]
+
+
+def test_send_signal_reaches_the_job(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sleep 30")
+    (job_id,) = jobs.insert("t")
+    worker.request("poll")
+    wait_for(lambda: job_id in worker.request("status")["running"], 5, "job running")
+    reply = worker.request("send-signal", {"jobs": {job_id: "TERM", 999999: "SIGKILL"}})
+    assert reply["jobs"] == {job_id: "SIGTERM"}
+    assert "not running" in reply["errors"][999999]
+    row = jobs.wait_done([job_id])[0]
+    assert (row["result"], row["sig"]) == ("fail", "SIGTERM")
+
+
+def test_status_reports_the_worker(jobs, start_worker):
+    worker = start_worker({"t": 3, "v": {"low": 1, "high": 2}})
+    status = worker.request("status")
+    assert status["name"] == "w0"
+    assert status["version"]
+    assert status["uptime"] >= 0
+    assert 5_000_000 < status["rss"] < 500_000_000
+    assert status["targets"] == {
+        "t": {"paused": False, "slots": {"default": {"concurrency": 3, "queued": 0, "running": 0}}},
+        "v": {
+            "paused": False,
+            "slots": {
+                "low": {"concurrency": 1, "queued": 0, "running": 0},
+                "high": {"concurrency": 2, "queued": 0, "running": 0},
+            },
+        },
+    }

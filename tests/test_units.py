@@ -1,0 +1,105 @@
+"""Pure pieces on their own: protocol validation, output buffers, slot queues, URLs."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from jobd import protocol
+from jobd.config import DatabaseURL
+from jobd.jobs import Job
+from jobd.launcher import OutputBuffer, signal_name
+from jobd.protocol import RequestError
+from jobd.queues import SlotQueue, TargetQueue
+
+
+def test_request_validation_cleans_data():
+    poll = protocol.WORKER_REQUESTS["poll"]
+    assert poll.validate(None) == {"targets": None}
+    assert poll.validate({"targets": ["a", "b", "a"]}) == {"targets": ["a", "b"]}
+    concurrency = protocol.WORKER_REQUESTS["set-target-concurrency"]
+    assert concurrency.validate({"target": "t", "concurrency": 3}) == {
+        "target": "t",
+        "concurrency": 3,
+        "slot": "default",
+    }
+    signals = protocol.WORKER_REQUESTS["send-signal"].validate({"jobs": {"5": "term", 6: 9}})
+    assert signals == {"jobs": {5: signal.SIGTERM, 6: signal.SIGKILL}}
+
+
+@pytest.mark.parametrize(
+    ("type_", "data"),
+    [
+        ("poll", {"targets": [None]}),
+        ("poll", {"targets": ["ok"] * (protocol.MAX_IDS + 1)}),
+        ("add-target", {"target": "t", "slots": {"s": True}}),
+        ("add-target", {"target": "t", "slots": {}}),
+        ("add-target", {"target": "t"}),
+        ("send-signal", {"jobs": {"x": "TERM"}}),
+        ("send-signal", {"jobs": {1: 99999}}),
+        ("run-manual", {"ids": [protocol.MAX_JOB_ID + 1]}),
+    ],
+)
+def test_request_validation_refuses(type_, data):
+    with pytest.raises(RequestError) as err:
+        protocol.WORKER_REQUESTS[type_].validate(data)
+    assert err.value.code == "bad_request"
+
+
+def test_master_table_validates_routed_jobs():
+    run = protocol.MASTER_REQUESTS["run-manual"]
+    assert run.validate({"jobs": [{"id": 1, "target": "t"}]}) == {
+        "jobs": [{"id": 1, "target": "t"}]
+    }
+    with pytest.raises(RequestError):
+        run.validate({"jobs": [{"id": 1}]})
+
+
+def test_output_buffer_keeps_a_prefix_and_counts_the_rest():
+    buffer = OutputBuffer(5)
+    for chunk in (b"abc", b"defg", b"hi"):
+        buffer.feed(chunk)
+    assert buffer.text() == "abcde\n[jobd: output truncated, 4 more bytes dropped]\n"
+    empty = OutputBuffer(0)
+    empty.feed(b"xyz")
+    assert empty.text().startswith("\n[jobd: output truncated, 3 more")
+
+
+def test_signal_names():
+    assert signal_name(9) == "SIGKILL"
+    assert len(signal_name(50)) <= 10
+
+
+def test_slot_queue_orders_and_limits():
+    slot = SlotQueue(concurrency=2)
+    for job in (Job(3, "t", "s"), Job(1, "t", "s"), Job(2, "t", "s", priority=5)):
+        slot.push(job)
+    assert slot.room() == 0
+    started = [job.id for job in slot.pop_startable(paused=False)]
+    assert started == [2, 1]  # priority first, then id; never more than the concurrency
+    assert [job.id for job in slot.pop_startable(paused=False)] == []
+    slot.running.discard(2)
+    slot.push(Job(9, "t", "s", manual=True))
+    assert [job.id for job in slot.pop_startable(paused=True)] == [9]  # manual runs even paused
+
+
+def test_target_queue_room():
+    target = TargetQueue.from_config("t", {"a": 2, "b": 1})
+    target.slots["a"].push(Job(1, "t", "a"))
+    assert target.room() == {"a": 1, "b": 1}
+    target.set_concurrency("c", 4)
+    assert target.concurrency() == {"a": 2, "b": 1, "c": 4}
+
+
+def test_database_url_hides_the_password():
+    url = DatabaseURL.parse("mysql://jobd:s%40cret@db.example:3307/jobs")
+    assert (url.user, url.password, url.host, url.port, url.database) == (
+        "jobd",
+        "s@cret",
+        "db.example",
+        3307,
+        "jobs",
+    )
+    assert "s@cret" not in repr(url) and "s@cret" not in str(url)
+    assert url.redacted() == "mysql://jobd:***@db.example:3307/jobs"
