@@ -120,7 +120,8 @@ class MasterLink:
         self._register_task = asyncio.create_task(self._register(), name="master-register")
 
     async def _register(self) -> None:
-        refused_delay = self.ping_interval
+        # Before the first reply the interval is only a guess; start retries soon anyway.
+        refused_delay = min(self.ping_interval, 1.0)
         while True:
             data = self.worker.registration()
             try:
@@ -194,7 +195,8 @@ class MasterLink:
     async def _watch_liveness(self) -> None:
         """Treat a master silent for MISSED_PINGS intervals as gone, and register again."""
         while True:
-            await asyncio.sleep(self.ping_interval / 2)
+            # Re-read each round: the interval is learnt from the first registration reply.
+            await asyncio.sleep(min(self.ping_interval / 2, 1.0))
             silent = time.monotonic() - self.last_heard
             if self.registered and silent > MISSED_PINGS * self.ping_interval:
                 log.warning(

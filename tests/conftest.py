@@ -260,3 +260,32 @@ def start_worker(jobs: Jobs, tmp_path: Path, daemons: list[Daemon]) -> Callable[
         return daemon.start(wait=wait)
 
     return start
+
+
+@pytest.fixture
+def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]:
+    """start_master(ping_interval=0.3, **config) -> a running jobd-master process.
+
+    A killed master can be started again on the same address with `daemon.start()`."""
+    counter = iter(range(1000))
+
+    def start(wait: bool = True, **config: Any) -> Daemon:
+        n = next(counter)
+        settings: dict[str, Any] = {
+            "listen": f"tcp://127.0.0.1:{free_port()}",
+            "ping_interval": 0.3,
+            "log": {"level": "info"},
+        }
+        settings.update(config)
+        path = tmp_path / f"master{n}.yaml"
+        path.write_text(yaml.safe_dump(settings))
+        daemon = Daemon(
+            argv=[sys.executable, "-m", "jobd_master", "--config", str(path)],
+            config_path=path,
+            address=settings["listen"],
+            log_path=tmp_path / f"master{n}.log",
+        )
+        daemons.append(daemon)
+        return daemon.start(wait=wait)
+
+    return start

@@ -1,0 +1,3 @@
+from jobd_master.cli import main
+
+main()

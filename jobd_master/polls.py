@@ -1,0 +1,92 @@
+"""Coalescing of pokes into polls, one flow per worker.
+
+A worker has at most one `poll` from the master in flight.  The first poke is sent at
+once; targets poked while that poll awaits its reply are gathered and go out together
+in the next poll as soon as the reply (or a failure) comes back.  So a burst of pokes
+costs one poll per round trip to the worker, whatever its size, and no poke waits for
+a timer: there is no fixed delay anywhere.
+
+A poke's reply is due once a poll carrying its targets has been handed to the socket
+(not when the worker answered it, and not when the jobs ran).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from jobd.protocol import RequestError
+from jobd.rpc import NoAnswer
+
+log = logging.getLogger("jobd_master.polls")
+
+#: Sends one poll of these targets to the worker and returns its reply.
+PollRequest = Callable[[list[str]], Awaitable[Any]]
+#: Told about a poll that failed, with its targets.
+PollFailed = Callable[[list[str], Exception], None]
+
+
+class PollFlow:
+    def __init__(self, name: str, request: PollRequest, failed: PollFailed) -> None:
+        self.name = name
+        self._request = request
+        self._failed = failed
+        #: Targets poked since the last poll went out.
+        self.pending: set[str] = set()
+        #: Resolved (True) when the poll carrying `pending` has been sent; False if never.
+        self._next_sent: asyncio.Future[bool] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        #: Polls sent so far (shown in the master's status).
+        self.sent = 0
+
+    def poll(self, targets: Iterable[str]) -> asyncio.Future[bool]:
+        """Have these targets polled; the future says when the poll carrying them was sent."""
+        self.pending.update(targets)
+        if self._next_sent is None:
+            self._next_sent = asyncio.get_running_loop().create_future()
+        sent = self._next_sent
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=f"polls-{self.name}")
+        return sent
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                targets = sorted(self.pending)
+                self.pending.clear()
+                sent, self._next_sent = self._next_sent, None
+                reply = asyncio.ensure_future(self._request(targets))
+                try:
+                    # The request hands its message to the socket in its first step, which
+                    # runs before we resume: from here on the poll counts as sent.
+                    await asyncio.sleep(0)
+                    handed_over = not (reply.done() and reply.exception() is not None)
+                    self.sent += handed_over
+                    _resolve(sent, handed_over)
+                    await reply
+                except (NoAnswer, RequestError) as exc:
+                    self._failed(targets, exc)
+                finally:
+                    _resolve(sent, False)  # cancelled before sending
+                    reply.cancel()
+        finally:
+            self._runner = None
+
+    async def close(self) -> None:
+        """Stop; pokes still waiting for a poll to this worker are told it was not sent."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        if self._next_sent is not None:
+            _resolve(self._next_sent, False)
+            self._next_sent = None
+        self.pending.clear()
+
+
+def _resolve(future: asyncio.Future[bool] | None, value: bool) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)

@@ -1,0 +1,307 @@
+"""jobd-master with real worker processes: registration, liveness, pokes and routing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from jobd.client import Client, RequestError
+
+from conftest import Daemon, wait_for
+
+INTERVAL = 0.3
+
+
+def workers_of(master: Daemon) -> dict[str, dict]:
+    return master.request("status")["workers"]
+
+
+def registered(master: Daemon, *names: str) -> bool:
+    return set(names) <= set(workers_of(master))
+
+
+def polls_received(worker: Daemon) -> int:
+    """Polls the worker answered: rpc.Dispatcher logs each request at debug level."""
+    return worker.log().count("request poll #")
+
+
+def test_registration_and_re_registration(start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    w0 = start_worker({"a": 2}, master=master.address)
+    w1 = start_worker({"b": {"low": 1, "high": 2}}, master=master.address)
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "both workers registered")
+
+    status = master.request("status")
+    assert status["name"] == "jobd-master" and status["version"]
+    assert status["uptime"] > 0 and status["rss"] > 1 << 20
+    assert status["ping_interval"] == INTERVAL
+    entry = status["workers"]["w1"]
+    assert entry["address"] == w1.address
+    assert entry["targets"] == {"b": {"low": 1, "high": 2}}
+    assert entry["connection"].startswith("w1/")
+    assert entry["connected_since"] <= entry["last_seen"] <= time.time()
+
+    # Changing targets on the worker re-registers it over the same connection.
+    w0.request("add-target", {"target": "c", "slots": 3})
+    wait_for(lambda: "c" in workers_of(master)["w0"]["targets"], 5, "w0 registered with c")
+    w0.request("set-target-concurrency", {"target": "a", "concurrency": 5})
+    wait_for(lambda: workers_of(master)["w0"]["targets"]["a"] == {"default": 5}, 5, "a: 5")
+    w0.request("remove-target", {"target": "c"})
+    wait_for(lambda: "c" not in workers_of(master)["w0"]["targets"], 5, "c removed")
+    assert workers_of(master)["w0"]["connected_since"] == status["workers"]["w0"]["connected_since"]
+
+    # Pings keep `last_seen` fresh.
+    seen = workers_of(master)["w1"]["last_seen"]
+    wait_for(lambda: workers_of(master)["w1"]["last_seen"] > seen, 3, "a ping answered")
+
+    # A stopping worker unregisters at once instead of waiting for missed pings.
+    w1.stop()
+    assert set(workers_of(master)) == {"w0"}
+    assert "w1" in master.log() and "it is stopping" in master.log()
+
+
+def test_duplicate_name_is_refused_and_both_sides_log_it(start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    first = start_worker({"a": 1}, master=master.address, name="dup")
+    wait_for(lambda: registered(master, "dup"), 5, "first dup registered")
+    second = start_worker({"b": 1}, master=master.address, name="dup")
+
+    wait_for(lambda: "refused registration of dup (conflict)" in second.log(), 5, "refusal")
+    assert "ERROR" in second.log() and "already registered by a live worker" in second.log()
+    assert "refusing the registration from dup/" in second.log()
+    assert f"(listen {second.address})" in second.log()  # both workers log to dup.log
+    master_log = master.log()
+    assert "ERROR" in master_log and f"listen {first.address}" in master_log
+    # The first keeps its registration; the second keeps serving direct requests.
+    entry = workers_of(master)["dup"]
+    assert entry["address"] == first.address and entry["targets"] == {"a": {"default": 1}}
+    assert second.request("ping")["name"] == "dup"
+
+    # Once the first is gone for good, the second takes the name on a later attempt.
+    first.kill()
+    wait_for(lambda: workers_of(master).get("dup", {}).get("address") == second.address, 10,
+             "second takes over")  # fmt: skip
+
+
+def test_poke_reaches_only_the_workers_serving_the_target(jobs, start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    cmd = "sh -c 'echo ran'"
+    w0 = start_worker({"a": 2}, cmd, master=master.address, log={"level": "debug"})
+    w1 = start_worker({"b": 2}, cmd, master=master.address, log={"level": "debug"})
+    w2 = start_worker({"a": 2, "b": 2}, cmd, master=master.address, log={"level": "debug"})
+    wait_for(lambda: registered(master, "w0", "w1", "w2"), 5, "workers registered")
+    before = [polls_received(w) for w in (w0, w1, w2)]
+    a_jobs = jobs.insert("a", 4)
+    (b_job,) = jobs.insert("b")
+
+    reply = master.request("poke", {"targets": ["a"]})
+    assert reply == {"workers": ["w0", "w2"], "errors": {}, "remembered": []}
+    rows = jobs.wait_done(a_jobs)
+    assert {r["worker"] for r in rows} <= {"w0", "w2"}
+    wait_for(lambda: polls_received(w0) == before[0] + 1, 3, "w0 polled")
+    wait_for(lambda: polls_received(w2) == before[2] + 1, 3, "w2 polled")
+    assert polls_received(w1) == before[1]
+    # w2 serves b too, but the poll carried only a: the b job is still waiting.
+    assert jobs.row(b_job)["status"] == "waiting"
+
+    reply = master.request("poke", {"targets": ["b", "nobody"]})
+    assert reply == {"workers": ["w1", "w2"], "errors": {}, "remembered": ["nobody"]}
+    (row,) = jobs.wait_done([b_job])
+    assert row["worker"] in ("w1", "w2")
+
+
+def test_remembered_poke_is_delivered_on_registration(jobs, start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    reply = master.request("poke", {"targets": ["late"]})
+    assert reply == {"workers": [], "errors": {}, "remembered": ["late"]}
+    assert master.request("status")["remembered"] == ["late"]
+
+    worker = start_worker({"late": 1, "other": 1}, master=master.address, log={"level": "debug"})
+    wait_for(lambda: "delivering remembered pokes of late to w0" in master.log(), 5, "delivery")
+    wait_for(lambda: polls_received(worker) >= 1, 5, "the worker polled")
+    assert master.request("status")["remembered"] == []
+
+
+def test_a_burst_of_pokes_is_coalesced(start_master, start_worker):
+    master = start_master(ping_interval=1.0)
+    worker = start_worker({"a": 1, "b": 1}, master=master.address, log={"level": "debug"})
+    wait_for(lambda: registered(master, "w0"), 5, "registered")
+    before = polls_received(worker)
+
+    async def burst(count: int) -> float:
+        async with Client(master.address, timeout=30) as client:
+            started = time.monotonic()
+            replies = await asyncio.gather(
+                *(
+                    client.request("poke", {"targets": ["a" if i % 2 else "b"]})
+                    for i in range(count)
+                )
+            )
+            elapsed = time.monotonic() - started
+        assert all(r["workers"] == ["w0"] for r in replies)
+        return elapsed
+
+    elapsed = asyncio.run(burst(10_000))
+    wait_for(lambda: workers_of(master)["w0"]["polls_sent"] == polls_received(worker) - before,
+             3, "every poll answered")  # fmt: skip
+    polls = polls_received(worker) - before
+    print(f"10,000 pokes in {elapsed:.2f} s cost {polls} polls")
+    assert 1 <= polls <= 30
+
+    # No fixed delay: a lone poke is answered at once.
+    started = time.monotonic()
+    master.request("poke", {"targets": ["a"]})
+    assert time.monotonic() - started < 0.2
+
+
+def test_master_restart_workers_come_back_and_pokes_work(jobs, start_master, start_worker):
+    interval = 0.5
+    master = start_master(ping_interval=interval)
+    w0 = start_worker({"a": 1}, "sh -c 'echo {id}'", master=master.address)
+    w1 = start_worker({"b": 1}, "sh -c 'echo {id}'", master=master.address)
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "registered")
+
+    master.kill()
+    # While the master is away the workers run jobs and answer direct requests.
+    (job,) = jobs.insert("a")
+    w0.request("poll", {"targets": ["a"]})
+    jobs.wait_done([job])
+    time.sleep(3.5 * interval)  # long enough for the workers to notice the silence too
+    assert w1.request("ping")["name"] == "w1"
+
+    master.start()  # same address; waits until it answers
+    back = time.monotonic()
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "workers back")
+    assert time.monotonic() - back < 2 * interval
+    a_job, b_job = jobs.insert("a")[0], jobs.insert("b")[0]
+    assert master.request("poke", {"targets": ["a", "b"]})["workers"] == ["w0", "w1"]
+    assert [r["status"] for r in jobs.wait_done([a_job, b_job], 5)] == ["done", "done"]
+
+
+def test_quick_master_restart_is_noticed_on_reconnection(start_master, start_worker):
+    interval = 1.0
+    master = start_master(ping_interval=interval)
+    start_worker({"a": 1}, master=master.address)
+    wait_for(lambda: registered(master, "w0"), 5, "registered")
+    master.kill()
+    master.start()
+    back = time.monotonic()
+    # Well before the worker could miss three pings: the reconnection triggers it.
+    wait_for(lambda: registered(master, "w0"), 5, "w0 back")
+    assert time.monotonic() - back < 2 * interval
+
+
+def test_a_killed_worker_leaves_the_registry_after_three_intervals(start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    start_worker({"a": 1}, master=master.address)
+    w1 = start_worker({"a": 1}, master=master.address)
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "registered")
+
+    w1.kill()
+    killed = time.monotonic()
+    wait_for(lambda: "w1" not in workers_of(master), 5, "w1 dropped")
+    elapsed = time.monotonic() - killed
+    assert 2 * INTERVAL <= elapsed <= 5 * INTERVAL, elapsed
+    assert "worker w1" in master.log() and "missed 3 pings" in master.log()
+    assert set(workers_of(master)) == {"w0"}
+    assert master.request("poke", {"targets": ["a"]})["workers"] == ["w0"]
+
+
+def test_run_manual_is_routed_over_two_workers_and_aggregated(jobs, start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    cmd = "sh -c 'echo {target}-{id}; exit $(({id} % 2))'"
+    start_worker({"a": 2}, cmd, master=master.address)
+    start_worker({"b": 2}, cmd, master=master.address)
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "registered")
+    a_ids = jobs.insert("a", 2, status="manual")
+    b_ids = jobs.insert("b", 2, status="manual")
+    (waiting,) = jobs.insert("a")
+    (orphan,) = jobs.insert("zzz", status="manual")
+
+    request = [{"id": i, "target": "a"} for i in a_ids] + [{"id": i, "target": "b"} for i in b_ids]
+    request += [{"id": waiting, "target": "a"}, {"id": orphan, "target": "zzz"}]
+    reply = master.request("run-manual", {"jobs": request})
+
+    assert set(reply["jobs"]) == set(a_ids + b_ids)
+    for job_id in a_ids + b_ids:
+        result = reply["jobs"][job_id]
+        target = "a" if job_id in a_ids else "b"
+        assert result["worker"] == ("w0" if target == "a" else "w1")
+        assert result["stdout"] == f"{target}-{job_id}\n"
+        assert result["result"] == ("ok" if job_id % 2 == 0 else "fail")
+        assert jobs.row(job_id)["status"] == "done"
+    assert set(reply["errors"]) == {waiting, orphan}
+    assert "w0:" in reply["errors"][waiting] and "not manual" in reply["errors"][waiting]
+    assert reply["errors"][orphan] == "no live worker serves target zzz"
+    assert jobs.row(waiting)["status"] == "waiting"
+
+
+def test_send_signal_reaches_the_worker_running_the_job(jobs, start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    start_worker({"t": 1}, "sleep 30", master=master.address)
+    start_worker({"t": 1}, "sleep 30", master=master.address)
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "registered")
+    first, second = jobs.insert("t", 2)
+    master.request("poke", {"targets": ["t"]})
+    wait_for(lambda: jobs.count("status = 'running'") == 2, 10, "both jobs running")
+    owner = {r["id"]: r["worker"] for r in jobs.rows()}
+    assert set(owner.values()) == {"w0", "w1"}  # one each: concurrency 1
+
+    reply = master.request(
+        "send-signal", {"jobs": [{"id": first, "signal": "TERM", "target": "t"}]}
+    )
+    assert reply == {"jobs": {first: {"signal": "SIGTERM", "worker": owner[first]}}, "errors": {}}
+    (row,) = jobs.wait_done([first], 5)
+    assert row["sig"] == "SIGTERM" and row["result"] == "fail"
+    assert jobs.row(second)["status"] == "running"
+
+    # A wrong target falls back to the other live workers; an idle id is an error.
+    reply = master.request(
+        "send-signal",
+        {"jobs": [
+            {"id": second, "signal": "SIGKILL", "target": "elsewhere"},
+            {"id": first, "signal": "SIGKILL", "target": "t"},
+        ]},
+    )  # fmt: skip
+    assert reply["jobs"] == {second: {"signal": "SIGKILL", "worker": owner[second]}}
+    assert reply["errors"][first].startswith(f"job {first} is not running on any live worker")
+    (row,) = jobs.wait_done([second], 5)
+    assert row["sig"] == "SIGKILL"
+
+
+def test_pause_continue_fan_out_and_status_of_slow_workers(start_master, start_worker):
+    master = start_master(ping_interval=1.0)
+    w0 = start_worker({"a": 1, "c": 1}, master=master.address)
+    w1 = start_worker({"b": 1, "c": 1}, master=master.address)
+    wait_for(lambda: registered(master, "w0", "w1"), 5, "registered")
+
+    reply = master.request("pause", {"targets": ["a"]})
+    assert set(reply["workers"]) == {"w0"} and reply["errors"] == {}
+    assert w0.request("status")["targets"]["a"]["paused"] is True
+    reply = master.request("pause")  # no targets: every target of every worker
+    assert set(reply["workers"]) == {"w0", "w1"}
+    assert all(t["paused"] for t in w1.request("status")["targets"].values())
+    reply = master.request("continue", {"targets": ["c", "gone"]})
+    assert set(reply["workers"]) == {"w0", "w1"} and reply["unserved"] == ["gone"]
+    assert w1.request("status")["targets"]["c"]["paused"] is False
+    with pytest.raises(RequestError, match="no live worker serves: gone") as caught:
+        master.request("continue", {"targets": ["gone"]})
+    assert caught.value.code == "not_found"
+
+    status = master.request("status", {"poll_workers": True})
+    assert status["workers"]["w0"]["status"]["name"] == "w0"
+    assert status["workers"]["w1"]["status"]["targets"]["b"]["paused"] is True
+
+    w1.signal(signal.SIGSTOP)  # a worker that does not answer in time
+    try:
+        started = time.monotonic()
+        status = master.request("status", {"poll_workers": True})
+        assert time.monotonic() - started < 3
+        assert status["workers"]["w0"]["status"]["name"] == "w0"
+        assert "no answer" in status["workers"]["w1"]["error"]
+        assert "status" not in status["workers"]["w1"]
+    finally:
+        w1.signal(signal.SIGCONT)
