@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   `attempts` smallint UNSIGNED NOT NULL DEFAULT 0,      -- times the job was started
   `worker` varchar(64) DEFAULT NULL,                    -- the worker that claimed the row
   `time_claimed` int(10) UNSIGNED NOT NULL DEFAULT 0,   -- when that worker claimed it
+  `attempt_log` text DEFAULT NULL,                      -- one line per earlier failed attempt
   PRIMARY KEY (`id`),
   KEY `status_target_idx` (`status`, `target`, `id`),
   KEY `claim_idx` (`status`, `target`, `priority` DESC, `id`),

@@ -30,6 +30,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Kept bytes per stream; decoded output can grow up to 3x (replacement characters)
 #: and must still fit the `mediumtext` columns (16 MiB).
 MAX_OUTPUT_BUFFER = 4 << 20
+#: A target's map is the long form (with options) when it has one of these keys;
+#: otherwise it is a map of slot: concurrency.
+LONG_FORM_KEYS = frozenset({"slots", "concurrency"})
 
 
 class ConfigError(Exception):
@@ -91,6 +94,21 @@ class LauncherConfig:
 
 
 @dataclass(frozen=True)
+class TargetConfig:
+    slots: Mapping[str, int]
+    timeout: float = 0.0  # seconds a job may run; 0: no limit
+    max_attempts: int = 1  # 1: no retry, as in the seed
+    retry_backoff: float = 10.0  # seconds before the second attempt; doubles each time
+    retry_backoff_max: float = 3600.0
+
+    def retry_delay(self, attempt: int, jitter: float) -> float:
+        """Delay after failed attempt number `attempt` (1-based); jitter in [0, 1) takes
+        up to half of it off, so retries of many jobs that failed together spread out."""
+        delay = min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempt - 1))
+        return delay * (1 - jitter / 2)
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     path: str
     name: str
@@ -102,8 +120,10 @@ class WorkerConfig:
     poll_interval: float
     launcher: LauncherConfig
     max_output_buffer: int
-    targets: Mapping[str, Mapping[str, int]]
+    targets: Mapping[str, TargetConfig]
     log_level: str
+    kill_grace: float = 10.0
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -204,33 +224,54 @@ def _log_level(reader: _Reader) -> str:
     return level
 
 
-def parse_targets(reader: _Reader) -> dict[str, dict[str, int]]:
-    """targets: {name: concurrency} or {name: {slot: concurrency}}."""
-    targets: dict[str, dict[str, int]] = {}
+def _slots(reader: _Reader, key: str, value: Any) -> dict[str, int]:
+    """A concurrency for the slot "default", or a map of slot: concurrency."""
+    slots = value if isinstance(value, dict) else {"default": value}
+    if not slots:
+        raise reader.error(key, "expected at least one slot")
+    clean: dict[str, int] = {}
+    for slot, concurrency in slots.items():
+        slot_key = f"{key}.{slot}" if isinstance(value, dict) else key
+        if not isinstance(slot, str) or not NAME_PATTERN.fullmatch(slot):
+            raise reader.error(slot_key, f"slot names must match {NAME_PATTERN.pattern}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+            raise reader.error(slot_key, "concurrency must be an integer")
+        if concurrency < 1:
+            raise reader.error(slot_key, f"concurrency must be at least 1, got {concurrency}")
+        clean[slot] = concurrency
+    return clean
+
+
+def _target(reader: _Reader, key: str, value: Any) -> TargetConfig:
+    """`mail: 20`, `video: {low: 2, high: 4}`, or the long form with options:
+    `reports: {concurrency: 2 | slots: {...}, timeout: 600, max_attempts: 3, ...}`."""
+    if not isinstance(value, dict) or not LONG_FORM_KEYS & set(value):
+        return TargetConfig(slots=_slots(reader, key, value))
+    section = _Reader(reader.path, value, key + ".")
+    if ("slots" in value) == ("concurrency" in value):
+        raise reader.error(key, "give either concurrency or slots")
+    slots_key = "slots" if "slots" in value else "concurrency"
+    target = TargetConfig(
+        slots=_slots(reader, f"{key}.{slots_key}", section.get(slots_key)),
+        timeout=section.number("timeout", 0.0, 0.0),
+        max_attempts=section.integer("max_attempts", 1, 1, 1000),
+        retry_backoff=section.number("retry_backoff", 10.0, 0.0),
+        retry_backoff_max=section.number("retry_backoff_max", 3600.0, 0.0),
+    )
+    section.finish()
+    return target
+
+
+def parse_targets(reader: _Reader) -> dict[str, TargetConfig]:
     raw = reader.get("targets", required=True)
     if not isinstance(raw, dict):
         raise reader.error("targets", "expected a map of target: concurrency or slots")
-    for target, value in raw.items():
-        key = f"targets.{target}"
-        if not isinstance(target, str) or not NAME_PATTERN.fullmatch(target):
+    targets = {}
+    for name, value in raw.items():
+        key = f"targets.{name}"
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise reader.error(key, f"target names must match {NAME_PATTERN.pattern}")
-        if isinstance(value, dict):
-            if not value:
-                raise reader.error(key, "expected at least one slot")
-            slots = value
-        else:
-            slots = {"default": value}
-        clean: dict[str, int] = {}
-        for slot, concurrency in slots.items():
-            slot_key = key if not isinstance(value, dict) else f"{key}.{slot}"
-            if not isinstance(slot, str) or not NAME_PATTERN.fullmatch(slot):
-                raise reader.error(slot_key, f"slot names must match {NAME_PATTERN.pattern}")
-            if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-                raise reader.error(slot_key, "concurrency must be an integer")
-            if concurrency < 1:
-                raise reader.error(slot_key, f"concurrency must be at least 1, got {concurrency}")
-            clean[slot] = concurrency
-        targets[target] = clean
+        targets[name] = _target(reader, key, value)
     return targets
 
 
@@ -286,6 +327,8 @@ def load_worker_config(path: str) -> WorkerConfig:
         max_output_buffer=reader.integer("max_output_buffer", 1 << 20, 0, MAX_OUTPUT_BUFFER),
         targets=parse_targets(reader),
         log_level=_log_level(reader),
+        kill_grace=reader.number("kill_grace", 10.0, 0.0),
+        shutdown_timeout=reader.number("shutdown_timeout", 30.0, 0.0),
     )
     reader.finish()
     return config

@@ -13,11 +13,11 @@ import zmq.asyncio
 
 from jobd import __version__, protocol
 from jobd.config import ConfigError, WorkerConfig, load_worker_config
-from jobd.launcher import Launcher, use_pidfd_child_watcher
+from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
-from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
+from jobd.worker import RETRY_MAX, RETRY_MIN, Worker, make_launcher
 
 log = logging.getLogger("jobd")
 
@@ -45,16 +45,16 @@ def watchdog() -> asyncio.Task[None] | None:
     return asyncio.create_task(ping(), name="watchdog")
 
 
-def reload_worker(config: WorkerConfig) -> None:
-    """SIGHUP (systemctl reload): take the new log level; other changes need a restart,
-    or the requests add-target, remove-target and set-target-concurrency."""
+def reload_worker(worker: Worker) -> None:
+    """SIGHUP (systemctl reload): re-read the config and apply it; an invalid config, or
+    one that changes what needs a restart, is refused and the running one stays."""
     try:
-        new = load_worker_config(config.path)
-    except ConfigError as exc:
-        log.error("reload failed, keeping the running config: %s", exc)
+        new = load_worker_config(worker.config.path)
+        worker.apply_config(new)
+    except (ConfigError, ValueError) as exc:
+        log.error("reload refused, keeping the running config: %s", exc)
         return
-    logging.getLogger().setLevel(new.log_level.upper())
-    log.info("reloaded %s: log level %s (other changes take a restart)", new.path, new.log_level)
+    log.info("reloaded %s: targets %s", new.path, ", ".join(new.targets) or "none")
 
 
 class StartupError(Exception):
@@ -102,7 +102,8 @@ async def run_worker(config: WorkerConfig) -> int:
         ctx.term()
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     store = await connect_store(config, retry=True)
-    worker = Worker(config, store, Launcher(config.launcher, config.max_output_buffer))
+    worker = Worker(config, store, make_launcher(config))
+    await worker.recover()
     endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
     endpoint.start()
     worker.start()
@@ -118,32 +119,33 @@ async def run_worker(config: WorkerConfig) -> int:
     watchdog_task = watchdog()
 
     stop = asyncio.Event()
-    signals_seen = 0
+    fast = asyncio.Event()
 
     def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("%s: stopping; running jobs may finish", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.info(
+                "%s: stopping; running jobs may finish for %g s", name, config.shutdown_timeout
+            )
             stop.set()
         else:
-            log.warning("%s again: killing running jobs", signal.Signals(signum).name)
-            for running in list(worker.running.values()):
-                running.send_signal(signal.SIGKILL)
+            log.warning("%s again: stopping running jobs now", name)
+            fast.set()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, reload_worker, config)
+    loop.add_signal_handler(signal.SIGHUP, reload_worker, worker)
+    worker.on_crash = stop.set
     await stop.wait()
     notify_systemd("STOPPING=1")
     if link is not None:
         await link.close()  # the master stops routing to us while running jobs finish
-    await worker.stop()
+    await worker.stop(fast)
     if watchdog_task is not None:
         watchdog_task.cancel()
     await endpoint.close()
     await store.close()
     ctx.term()
     log.info("stopped")
-    return 0
+    return 1 if worker.crashed else 0

@@ -15,10 +15,19 @@ class Job:
     slot: str
     priority: int = 0
     manual: bool = False
+    attempts: int = 0  # runs started, this one included once it has started
 
     def order_key(self) -> tuple[int, int, int]:
         # Manual runs first (an operator is waiting), then priority, then id.
         return (0 if self.manual else 1, -self.priority, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A failed attempt that goes back to waiting."""
+
+    run_at: int  # UNIX time of the next attempt
+    summary: str  # one line for the row's attempt_log
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +40,13 @@ class Outcome:
     stdout: str
     stderr: str
     duration: float  # seconds, measured by the worker
+
+    def describe(self) -> str:
+        if self.sig:
+            return f"killed by {self.sig}"
+        if self.return_code is None:
+            return "could not start"
+        return f"exit code {self.return_code}"
 
     def as_reply(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,11 @@ from jobd.config import DATABASE_URL_ENV, LauncherConfig
 from jobd.jobs import Job, Outcome
 
 _PLACEHOLDER = re.compile(r"\{(id|target|slot)\}")
+#: Every job's environment names its worker and the worker's queue (database and
+#: table), so a restarted worker can find the processes its previous life left running
+#: without touching those of another worker on the same host.
+WORKER_ENV = "JOBD_WORKER"
+INSTANCE_ENV = "JOBD_WORKER_INSTANCE"
 #: How long to wait for output pipes after the group is gone (a process that escaped
 #: the group with setsid may still hold them open).
 _PIPE_GRACE = 1.0
@@ -110,6 +115,14 @@ class RunningJob:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM the group, SIGKILL it if the job has not exited after `grace` seconds."""
+        self.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.protocol.exited), grace)
+        except TimeoutError:
+            self.send_signal(signal.SIGKILL)
+
     async def wait(self) -> Outcome:
         await self.protocol.exited
         duration = time.monotonic() - self.started
@@ -137,8 +150,10 @@ class RunningJob:
 class Launcher:
     """Turns a job into a process, from the launcher section of the config."""
 
-    def __init__(self, config: LauncherConfig, max_output: int) -> None:
+    def __init__(self, config: LauncherConfig, max_output: int, worker: str, instance: str) -> None:
         self.config = config
+        self.worker = worker
+        self.instance = instance
         self.max_output = max_output
         self.template = shlex.split(config.command)
         base = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV}
@@ -154,6 +169,8 @@ class Launcher:
             "JOBD_ID": str(job.id),
             "JOBD_TARGET": job.target,
             "JOBD_SLOT": job.slot,
+            WORKER_ENV: self.worker,
+            INSTANCE_ENV: self.instance,
         }
 
     async def start(self, job: Job) -> RunningJob:
@@ -194,3 +211,44 @@ def use_pidfd_child_watcher() -> None:
 
 def launch_failure(error: LaunchError) -> Outcome:
     return Outcome("fail", None, None, "", str(error) + "\n", 0.0)
+
+
+def find_leftovers(instance: str) -> list[int]:
+    """Processes started by this worker instance that are still alive (its job processes,
+    after the worker itself was killed), found by the variable every job gets."""
+    marker = f"\0{INSTANCE_ENV}={instance}\0".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = b"\0" + f.read()
+        except OSError:
+            continue  # gone, or not ours to read
+        if marker in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def stop_leftovers(pids: list[int], grace: float) -> None:
+    """SIGTERM the process groups of `pids`, SIGKILL what is left after `grace` seconds,
+    and return once all are gone."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), sig)
+        deadline = time.monotonic() + wait
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        pids = [p for p in pids if _alive(p)]
+        if not pids:
+            return

@@ -7,9 +7,10 @@ can be read and tested on their own.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from jobd.config import TargetConfig
 from jobd.jobs import Job
 
 
@@ -50,11 +51,28 @@ class TargetQueue:
 
     name: str
     slots: dict[str, SlotQueue]
+    options: TargetConfig
     paused: bool = False
 
     @classmethod
-    def from_config(cls, name: str, slots: Mapping[str, int]) -> TargetQueue:
-        return cls(name, {slot: SlotQueue(c) for slot, c in slots.items()})
+    def from_config(cls, name: str, config: TargetConfig) -> TargetQueue:
+        return cls(name, {slot: SlotQueue(c) for slot, c in config.slots.items()}, config)
+
+    def reconfigure(self, config: TargetConfig) -> list[Job]:
+        """Take new slots and options; returns the queued jobs of slots that are gone.
+        Running jobs of a removed slot finish (their ids just stop counting here)."""
+        gone = [
+            job
+            for name in set(self.slots) - set(config.slots)
+            for job in self.slots.pop(name).drain()
+        ]
+        for name, concurrency in config.slots.items():
+            self.set_concurrency(name, concurrency)
+        self.options = config
+        return gone
+
+    def drain(self) -> list[Job]:
+        return [job for slot in self.slots.values() for job in slot.drain()]
 
     def room(self) -> dict[str, int]:
         return {name: slot.room() for name, slot in self.slots.items()}

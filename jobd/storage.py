@@ -1,10 +1,15 @@
 """The jobs table: every change of a row's state is one named method of `JobStore`
 over one named query of `Queries`.
 
-    waiting --claim_jobs--> accepted --mark_running--> running --record_outcome--> done
-    manual  --accept_manual--> accepted
+    waiting --claim_jobs--> accepted --mark_running--> running --record_outcomes--> done
+                                                        running --record_outcomes--> waiting
+                                                                  (a retry, with run_at)
     waiting --claim_jobs (slot not served)--> ignored
-    accepted --release_jobs--> waiting / manual
+    manual  --accept_manual--> manual, reserved by this worker --mark_running--> running
+    accepted / reserved manual --release_jobs--> waiting / manual
+    accepted / reserved manual / running of a stopped worker --recover_worker-->
+            waiting / manual / waiting (attempts left) or done+fail
+    accepted by this worker but unknown to it --release_unknown--> waiting
 
 Storage knows no sockets and no processes.  Every database failure surfaces as
 `StorageError`, whose message never contains the password.
@@ -22,7 +27,7 @@ import aiomysql
 import pymysql
 
 from jobd.config import DatabaseURL
-from jobd.jobs import Job, Outcome
+from jobd.jobs import Job, Outcome, Retry
 
 DEFAULT_SLOT = "default"
 
@@ -30,7 +35,7 @@ DEFAULT_SLOT = "default"
 REQUIRED_COLUMNS = (
     "id", "target", "slot", "time_created", "time_started", "time_finished", "status",
     "result", "return_code", "sig", "stdout", "stderr",
-    "priority", "run_at", "attempts", "worker", "time_claimed",
+    "priority", "run_at", "attempts", "worker", "time_claimed", "attempt_log",
 )  # fmt: skip
 
 log = logging.getLogger("jobd.storage")
@@ -52,7 +57,7 @@ class Queries:
     # One per target in a claim: the waiting rows of slots with room, plus rows of slots
     # this worker does not serve (to be ignored), best first.
     select_claimable = (
-        "SELECT id, COALESCE(slot, 'default') AS slot, priority FROM {t}"
+        "SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts FROM {t}"
         " WHERE status = 'waiting' AND target = %s AND (run_at IS NULL OR run_at <= %s)"
         " AND (COALESCE(slot, 'default') IN ({free}) OR COALESCE(slot, 'default') NOT IN ({known}))"
         " ORDER BY priority DESC, id LIMIT %s {lock}"
@@ -66,26 +71,58 @@ class Queries:
         " ''' for target ''', target, '''')"
         " WHERE id IN ({ids})"
     )
+    # A manual row stays 'manual' while reserved, so a crashed worker's reservation
+    # goes back to 'manual' and never turns into an automatic run.
     select_for_manual = (
-        "SELECT id, target, COALESCE(slot, 'default') AS slot, priority, status FROM {t}"
-        " WHERE id IN ({ids}) FOR UPDATE"
+        "SELECT id, target, COALESCE(slot, 'default') AS slot, priority, status, worker,"
+        " attempts FROM {t} WHERE id IN ({ids}) FOR UPDATE"
     )
-    accept_manual = (
-        "UPDATE {t} SET status = 'accepted', worker = %s, time_claimed = %s"
-        " WHERE id IN ({ids}) AND status = 'manual'"
+    reserve_manual = (
+        "UPDATE {t} SET worker = %s, time_claimed = %s"
+        " WHERE id IN ({ids}) AND status = 'manual' AND worker IS NULL"
     )
     mark_running = (
         "UPDATE {t} SET status = 'running', time_started = %s, attempts = attempts + 1"
-        " WHERE id IN ({ids}) AND status = 'accepted' AND worker = %s"
+        " WHERE id IN ({ids}) AND status IN ('accepted', 'manual') AND worker = %s"
     )
-    record_outcome = (
+    # The `status = 'running' AND worker = %s` guards make a repeated write (after a
+    # lost acknowledgement) change nothing: no result is written twice.
+    record_done = (
         "UPDATE {t} SET status = 'done', result = %s, return_code = %s, sig = %s,"
         " stdout = %s, stderr = %s, time_finished = %s"
         " WHERE id = %s AND status = 'running' AND worker = %s"
     )
+    record_retry = (
+        "UPDATE {t} SET status = 'waiting', result = NULL, return_code = NULL, sig = NULL,"
+        " stdout = %s, stderr = %s, time_finished = %s, run_at = %s, worker = NULL,"
+        " time_claimed = 0, attempt_log = CONCAT(COALESCE(attempt_log, ''), %s)"
+        " WHERE id = %s AND status = 'running' AND worker = %s"
+    )
     release = (
-        "UPDATE {t} SET status = %s, worker = NULL, time_claimed = 0"
-        " WHERE id IN ({ids}) AND status = 'accepted' AND worker = %s"
+        "UPDATE {t} SET status = IF(status = 'accepted', 'waiting', status), worker = NULL,"
+        " time_claimed = 0 WHERE id IN ({ids}) AND status IN ('accepted', 'manual')"
+        " AND worker = %s"
+    )
+    release_unknown = (
+        "UPDATE {t} SET status = 'waiting', worker = NULL, time_claimed = 0"
+        " WHERE worker = %s AND status = 'accepted' AND id NOT IN ({ids})"
+    )
+    recover_reserved = (
+        "UPDATE {t} SET status = IF(status = 'accepted', 'waiting', status), worker = NULL,"
+        " time_claimed = 0 WHERE worker = %s AND status IN ('accepted', 'manual')"
+    )
+    select_running_of = (
+        "SELECT id, target, attempts FROM {t} WHERE worker = %s AND status = 'running' FOR UPDATE"
+    )
+    recover_retry = (
+        "UPDATE {t} SET status = 'waiting', worker = NULL, time_claimed = 0, run_at = NULL,"
+        " attempt_log = CONCAT(COALESCE(attempt_log, ''), %s)"
+        " WHERE id = %s AND status = 'running' AND worker = %s"
+    )
+    recover_fail = (
+        "UPDATE {t} SET status = 'done', result = 'fail', time_finished = %s,"
+        " stderr = CONCAT(COALESCE(stderr, ''), %s)"
+        " WHERE id = %s AND status = 'running' AND worker = %s"
     )
 
 
@@ -110,6 +147,17 @@ class ManualRow:
     slot: str
     priority: int
     status: str
+    worker: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recover_worker did with a stopped worker's rows."""
+
+    released: int  # accepted or reserved rows given back
+    retried: list[int]  # running rows back to waiting
+    failed: list[int]  # running rows settled as failed
 
 
 class JobStore:
@@ -229,13 +277,13 @@ class JobStore:
                 if len(rows) >= fetch:
                     claim.full.add(target)
                 room = dict(free)
-                for job_id, slot, priority in rows:
+                for job_id, slot, priority, attempts in rows:
                     if slot not in room:
                         claim.ignored.append(job_id)
                     elif room[slot] > 0 and want > 0:
                         room[slot] -= 1
                         want -= 1
-                        claim.accepted.append(Job(job_id, target, slot, priority))
+                        claim.accepted.append(Job(job_id, target, slot, priority, False, attempts))
                     else:
                         claim.full.add(target)  # rows left behind for a slot with no room
             if claim.accepted:
@@ -251,7 +299,8 @@ class JobStore:
     async def accept_manual(
         self, ids: Sequence[int], refusal: Callable[[ManualRow], str | None]
     ) -> tuple[list[ManualRow], dict[int, str]]:
-        """manual -> accepted for the rows of `ids` that `refusal` finds nothing against.
+        """Reserve rows in status 'manual' for this worker, those of `ids` that `refusal`
+        finds nothing against.
 
         Returns the accepted rows and {id: reason} for the others (unknown ids: not found)."""
         now = int(time.time())
@@ -268,7 +317,7 @@ class JobStore:
                     errors[row.id] = reason
             if accepted:
                 await cur.execute(
-                    self._sql(Queries.accept_manual, ids=len(accepted)),
+                    self._sql(Queries.reserve_manual, ids=len(accepted)),
                     (self.worker, now, *(row.id for row in accepted)),
                 )
         return accepted, errors
@@ -281,23 +330,71 @@ class JobStore:
                 (int(time.time()), *ids, self.worker),
             )
 
-    async def record_outcomes(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
-        """running -> done, with the result and output; one transaction for the batch."""
+    async def record_outcomes(self, outcomes: Sequence[tuple[int, Outcome, Retry | None]]) -> None:
+        """running -> done with the result and output, or running -> waiting for a retry;
+        one transaction for the whole batch."""
         now = int(time.time())
-        params = [
+        done = [
             (o.result, o.return_code, o.sig, o.stdout, o.stderr, now, job_id, self.worker)
-            for job_id, o in outcomes
+            for job_id, o, retry in outcomes
+            if retry is None
+        ]
+        retries = [
+            (o.stdout, o.stderr, now, retry.run_at, retry.summary, job_id, self.worker)
+            for job_id, o, retry in outcomes
+            if retry is not None
         ]
         async with self._cursor(transaction=True) as cur:
-            await cur.executemany(self._sql(Queries.record_outcome), params)
+            if done:
+                await cur.executemany(self._sql(Queries.record_done), done)
+            if retries:
+                await cur.executemany(self._sql(Queries.record_retry), retries)
 
-    async def release_jobs(self, ids: Sequence[int], status: str = "waiting") -> None:
-        """accepted -> waiting (or back to manual): jobs this worker will not start."""
+    async def release_jobs(self, ids: Sequence[int]) -> None:
+        """Jobs claimed or reserved by this worker that it will not start: accepted rows
+        go back to waiting, reserved manual rows stay manual and free."""
         if ids:
             async with self._cursor() as cur:
+                await cur.execute(self._sql(Queries.release, ids=len(ids)), (*ids, self.worker))
+
+    async def release_unknown(self, known: Iterable[int]) -> int:
+        """Accepted rows of this worker that it does not hold (a claim whose commit went
+        through but whose acknowledgement was lost) go back to waiting."""
+        ids = list(known) or [0]
+        async with self._cursor() as cur:
+            return int(
                 await cur.execute(
-                    self._sql(Queries.release, ids=len(ids)), (status, *ids, self.worker)
+                    self._sql(Queries.release_unknown, ids=len(ids)), (self.worker, *ids)
                 )
+            )
+
+    async def recover_worker(
+        self, worker: str, retries_left: Callable[[str, int], bool]
+    ) -> Recovery:
+        """Settle the rows of a worker that stopped without finishing them (this worker
+        at its start, or another one with `jobctl recover`): its accepted rows go back to
+        waiting, its reserved manual rows back to manual, and its running rows back to
+        waiting when `retries_left(target, attempts)`, else done/fail with the reason."""
+        reason = f"worker {worker} stopped while the job was running"
+        now = int(time.time())
+        async with self._cursor(transaction=True) as cur:
+            released = await cur.execute(self._sql(Queries.recover_reserved), (worker,))
+            await cur.execute(self._sql(Queries.select_running_of), (worker,))
+            running = list(await cur.fetchall())
+            retried = [job_id for job_id, target, n in running if retries_left(target, n)]
+            failed = [job_id for job_id, _, _ in running if job_id not in retried]
+            if retried:
+                attempts = {job_id: n for job_id, _, n in running}
+                await cur.executemany(
+                    self._sql(Queries.recover_retry),
+                    [(f"attempt {attempts[i]}: {reason}\n", i, worker) for i in retried],
+                )
+            if failed:
+                await cur.executemany(
+                    self._sql(Queries.recover_fail),
+                    [(now, f"\njobd: {reason}\n", i, worker) for i in failed],
+                )
+        return Recovery(int(released), retried, failed)
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,25 +3,36 @@ answers the worker requests of the protocol (one handler per request type).
 
 The flow of a job:
     poll / safety poll -> `_claim_loop` claims rows into slot queues
-    -> `_start_ready` takes what may start, marks it running, spawns it
-    -> `_run_job` waits for the process -> `_writer_loop` writes the outcome.
-Database writes that fail are retried with backoff and never dropped.
+    -> `_start_ready` takes what may start -> `_start_batch` marks them running
+    -> `_run_job` spawns and waits (timeout, shutdown) -> `_writer_loop` writes the
+    outcome, or sends the job back to waiting for a retry.
+Database writes that fail are retried with backoff and never dropped; the results
+wait in memory meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from jobd import __version__
-from jobd.config import WorkerConfig
-from jobd.jobs import Job, Outcome
-from jobd.launcher import Launcher, LaunchError, RunningJob, launch_failure
+from jobd.config import TargetConfig, WorkerConfig
+from jobd.jobs import Job, Outcome, Retry
+from jobd.launcher import (
+    Launcher,
+    LaunchError,
+    RunningJob,
+    find_leftovers,
+    launch_failure,
+    stop_leftovers,
+)
 from jobd.protocol import ErrorCode, RequestError
 from jobd.queues import TargetQueue
 from jobd.storage import JobStore, ManualRow, StorageError
@@ -30,6 +41,22 @@ log = logging.getLogger("jobd.worker")
 
 #: Backoff between retries of a failed database operation, in seconds.
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
+#: Keys whose change a reload cannot apply: they name who and where the worker is.
+RESTART_KEYS = ("name", "listen", "master", "database", "table")
+
+
+class ManualRunCancelled(Exception):
+    """A reserved manual job that will not run here (target removed, worker stopping)."""
+
+
+def instance_id(config: WorkerConfig) -> str:
+    """Who this worker is on its host: its name and the queue it takes jobs from."""
+    db = config.database
+    return f"{config.name}@{db.host}:{db.port}/{db.database}/{config.table}"
+
+
+def make_launcher(config: WorkerConfig) -> Launcher:
+    return Launcher(config.launcher, config.max_output_buffer, config.name, instance_id(config))
 
 
 def rss_bytes() -> int:
@@ -44,20 +71,25 @@ class Worker:
         self.launcher = launcher
         self.started = time.monotonic()
         self.targets: dict[str, TargetQueue] = {
-            name: TargetQueue.from_config(name, slots) for name, slots in config.targets.items()
+            name: TargetQueue.from_config(name, target) for name, target in config.targets.items()
         }
         #: Targets with a poll not yet carried out in full (no room yet, or a claim came back full).
         self.wanted: set[str] = set()
         self.running: dict[int, RunningJob] = {}
+        #: Why a running job is being stopped by the worker (timeout, shutdown).
+        self.interrupted: dict[int, str] = {}
         self.manual_results: dict[int, asyncio.Future[Outcome]] = {}
         self.stopping = False
-        #: Called after add-target, remove-target or set-target-concurrency changed the
-        #: targets (the master link re-registers with it).
+        #: Set when a core loop died of a bug; the daemon then stops and exits non-zero.
+        self.crashed: BaseException | None = None
+        self.on_crash: Callable[[], None] | None = None
+        #: Called after the targets changed (the master link re-registers with it).
         self.on_targets_changed: Callable[[], None] | None = None
         self._wake = asyncio.Event()
+        self._claim_failed = False
         self._outcomes: asyncio.Queue[tuple[Job, Outcome]] = asyncio.Queue()
         self._job_tasks: set[asyncio.Task[None]] = set()
-        self._loops: list[asyncio.Task[None]] = []
+        self._loops: dict[str, asyncio.Task[None]] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.handle_ping,
             "poll": self.handle_poll,
@@ -73,30 +105,114 @@ class Worker:
 
     # --- life cycle ---------------------------------------------------------------
 
+    async def recover(self) -> None:
+        """Settle what a previous life of this worker left behind (kill -9, power loss):
+        stop its leftover job processes first, so no job runs twice at the same time,
+        then give its rows back or settle them."""
+        leftovers = find_leftovers(instance_id(self.config))
+        if leftovers:
+            log.warning("stopping %d processes left by a previous run", len(leftovers))
+            await stop_leftovers(leftovers, self.config.kill_grace)
+        recovery = await self._persist(
+            "recovery", lambda: self.store.recover_worker(self.config.name, self._retries_left)
+        )
+        if recovery.released or recovery.retried or recovery.failed:
+            log.warning(
+                "recovered rows of a previous run: %d released, retried %s, failed %s",
+                recovery.released, recovery.retried, recovery.failed,
+            )  # fmt: skip
+
+    def _retries_left(self, target: str, attempts: int) -> bool:
+        queue = self.targets.get(target)
+        return queue is not None and attempts < queue.options.max_attempts
+
     def start(self) -> None:
-        self._loops = [
-            asyncio.create_task(self._claim_loop(), name="claim"),
-            asyncio.create_task(self._writer_loop(), name="writer"),
-        ]
-        if self.config.poll_interval > 0:
-            self._loops.append(asyncio.create_task(self._safety_poll_loop(), name="safety-poll"))
+        self._loops["claim"] = asyncio.create_task(self._claim_loop(), name="claim")
+        self._loops["writer"] = asyncio.create_task(self._writer_loop(), name="writer")
+        for task in self._loops.values():
+            task.add_done_callback(self._loop_ended)
+        self._start_safety_poll()
         self.poll(self.targets)  # whatever is waiting already
 
-    async def stop(self, kill: bool = False) -> None:
-        """Stop claiming, put queued jobs back, let running jobs finish (or kill them),
-        and write every outcome before returning."""
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.crashed = task.exception()
+        log.critical("the %s loop failed; stopping", task.get_name(), exc_info=self.crashed)
+        if self.on_crash is not None:
+            self.on_crash()
+
+    def _start_safety_poll(self) -> None:
+        old = self._loops.pop("safety-poll", None)
+        if old is not None:
+            old.cancel()
+        if self.config.poll_interval > 0:
+            self._loops["safety-poll"] = asyncio.create_task(self._safety_poll_loop())
+
+    async def stop(self, fast: asyncio.Event | None = None, write_timeout: float = 10.0) -> None:
+        """Graceful shutdown: stop claiming, put queued jobs back, let running jobs finish
+        for up to shutdown_timeout (or until `fast` is set), then stop them (SIGTERM, SIGKILL
+        after kill_grace) and record them as retried or failed with the reason."""
         self.stopping = True
-        for target in self.targets.values():
-            await self._release(job for slot in target.slots.values() for job in slot.drain())
-        if kill:
-            for running in list(self.running.values()):
-                running.send_signal(signal.SIGKILL)
+        await self._release(job for target in self.targets.values() for job in target.drain())
         if self._job_tasks:
-            await asyncio.gather(*self._job_tasks, return_exceptions=True)
-        await self._outcomes.join()
-        for task in self._loops:
+            waiters = [asyncio.ensure_future(asyncio.wait(set(self._job_tasks)))]
+            if fast is not None:
+                waiters.append(asyncio.ensure_future(fast.wait()))
+            await asyncio.wait(
+                waiters, timeout=self.config.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in waiters:
+                waiter.cancel()
+        reason = f"worker {self.config.name} stopped while the job was running"
+        while self._job_tasks:
+            if self.running:
+                grace = 0.0 if fast is not None and fast.is_set() else self.config.kill_grace
+                log.warning("stopping %d running jobs", len(self.running))
+                await asyncio.gather(
+                    *(self._interrupt(i, reason, grace) for i in list(self.running))
+                )
+            # A job whose spawn was under way is caught on the next round.
+            await asyncio.wait(set(self._job_tasks), timeout=0.5)
+        try:
+            await asyncio.wait_for(self._outcomes.join(), write_timeout)
+        except TimeoutError:
+            # The database is away: the rows stay 'running' and the next start of this
+            # worker settles them (retry or fail) by the same rules.
+            log.error("%d outcomes could not be written before exit", self._outcomes.qsize())
+        for task in self._loops.values():
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+
+    async def _interrupt(self, job_id: int, reason: str, grace: float) -> None:
+        running = self.running.get(job_id)
+        if running is not None:
+            self.interrupted.setdefault(job_id, reason)
+            await running.terminate(grace)
+
+    def apply_config(self, new: WorkerConfig) -> None:
+        """Reload: take new targets, slots, concurrency, options, launcher and log level
+        without dropping a running job. Raises ValueError for changes that need a restart."""
+        changed = [k for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} cannot change on reload; restart jobd")
+        released: list[Job] = []
+        for name in set(self.targets) - set(new.targets):
+            released += self.targets.pop(name).drain()
+        for name, target_config in new.targets.items():
+            if name in self.targets:
+                released += self.targets[name].reconfigure(target_config)
+            else:
+                self.targets[name] = TargetQueue.from_config(name, target_config)
+        self.launcher = make_launcher(new)
+        poll_interval_changed = new.poll_interval != self.config.poll_interval
+        self.config = new
+        if poll_interval_changed:
+            self._start_safety_poll()
+        logging.getLogger().setLevel(new.log_level.upper())
+        self._spawn(self._release(released))
+        self._targets_changed()
+        self.poll(self.targets)
 
     def registration(self) -> dict[str, Any]:
         """What the master needs to know of this worker (register-worker data)."""
@@ -111,11 +227,21 @@ class Worker:
         if self.on_targets_changed is not None:
             self.on_targets_changed()
 
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+
     # --- claiming and starting ----------------------------------------------------
 
     def poll(self, targets: Iterable[str]) -> None:
         self.wanted.update(targets)
         self._wake.set()
+
+    def poll_at(self, target: str, when: float) -> None:
+        """Poll a target again at UNIX time `when` (a retry's not-before time)."""
+        delay = max(0.0, when - time.time())
+        asyncio.get_running_loop().call_later(delay, self.poll, [target])
 
     async def _safety_poll_loop(self) -> None:
         while True:
@@ -133,6 +259,12 @@ class Worker:
                 wants[name] = room
         return wants
 
+    def _held_ids(self) -> list[int]:
+        queued = [
+            job.id for t in self.targets.values() for s in t.slots.values() for _, job in s.queued
+        ]
+        return queued + list(self.running)
+
     async def _claim_loop(self) -> None:
         delay = RETRY_MIN
         while True:
@@ -146,10 +278,18 @@ class Worker:
             if self.stopping or not wants or limit <= 0:
                 continue
             try:
+                if self._claim_failed:
+                    # A claim whose commit went through but whose answer was lost left
+                    # rows accepted in our name that we do not hold: give them back.
+                    released = await self.store.release_unknown(self._held_ids())
+                    if released:
+                        log.warning("released %d rows of a claim whose answer was lost", released)
+                    self._claim_failed = False
                 claim = await self.store.claim_jobs(
                     wants, {t: self.targets[t].slots.keys() for t in wants}, limit
                 )
             except StorageError as exc:
+                self._claim_failed = True
                 log.warning("claim failed, retrying in %.1f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -176,25 +316,26 @@ class Worker:
         await self._release(orphans)
 
     def _start_ready(self) -> None:
+        if self.stopping:
+            return
         batch = [
             job
             for target in self.targets.values()
             for slot in target.slots.values()
             for job in slot.pop_startable(target.paused)
         ]
-        if batch and not self.stopping:
-            task = asyncio.create_task(self._start_batch(batch))
-            self._job_tasks.add(task)
-            task.add_done_callback(self._job_tasks.discard)
+        if batch:
+            self._spawn(self._start_batch(batch))
 
     async def _start_batch(self, batch: list[Job]) -> None:
         await self._persist("mark running", lambda: self.store.mark_running([j.id for j in batch]))
         for job in batch:
-            task = asyncio.create_task(self._run_job(job))
-            self._job_tasks.add(task)
-            task.add_done_callback(self._job_tasks.discard)
+            job.attempts += 1
+            self._spawn(self._run_job(job))
 
     async def _run_job(self, job: Job) -> None:
+        target = self.targets.get(job.target)
+        timeout = target.options.timeout if target else 0.0
         try:
             running = await self.launcher.start(job)
         except LaunchError as exc:
@@ -203,10 +344,27 @@ class Worker:
         else:
             self.running[job.id] = running
             log.info("job %d %s/%s started pid %d", job.id, job.target, job.slot, running.pid)
+            timer = None
+            if timeout > 0:
+                reason = f"timed out after {timeout:g} s"
+                grace = self.config.kill_grace
+                timer = asyncio.get_running_loop().call_later(
+                    timeout, lambda: self._spawn(self._interrupt(job.id, reason, grace))
+                )
             try:
                 outcome = await running.wait()
             finally:
                 self.running.pop(job.id, None)
+                if timer is not None:
+                    timer.cancel()
+            reason = self.interrupted.pop(job.id, None)
+            if reason is not None:
+                outcome = dataclasses.replace(
+                    outcome,
+                    result="fail",
+                    sig=outcome.sig or "SIGTERM",
+                    stderr=f"{outcome.stderr}\njobd: {reason}\n",
+                )
             log.info(
                 "job %d %s/%s finished in %.3f s: %s code=%s signal=%s",
                 job.id, job.target, job.slot, outcome.duration, outcome.result,
@@ -224,17 +382,31 @@ class Worker:
 
     # --- writing ------------------------------------------------------------------
 
-    async def _persist(self, what: str, operation: Callable[[], Awaitable[None]]) -> None:
+    async def _persist(self, what: str, operation: Callable[[], Awaitable[Any]]) -> Any:
         """Run a database write until it succeeds: a result is never dropped."""
         delay = RETRY_MIN
         while True:
             try:
-                await operation()
-                return
+                return await operation()
             except StorageError as exc:
                 log.warning("%s failed, retrying in %.1f s: %s", what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
+
+    def _retry_for(self, job: Job, outcome: Outcome) -> Retry | None:
+        """A failed automatic job with attempts left goes back to waiting; manual runs
+        report to the operator who asked instead."""
+        target = self.targets.get(job.target)
+        options = target.options if target else TargetConfig(slots={})
+        if outcome.result == "ok" or job.manual or job.attempts >= options.max_attempts:
+            return None
+        delay = options.retry_delay(job.attempts, random.random())
+        run_at = int(time.time() + delay + 0.999)
+        summary = (
+            f"attempt {job.attempts}/{options.max_attempts}: {outcome.describe()}"
+            f" after {outcome.duration:.1f} s; retry at {run_at}\n"
+        )
+        return Retry(run_at, summary)
 
     async def _writer_loop(self) -> None:
         """Writes outcomes in batches: everything finished since the last write goes
@@ -243,9 +415,12 @@ class Worker:
             batch = [await self._outcomes.get()]
             while not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
-            pairs = [(job.id, outcome) for job, outcome in batch]
-            await self._persist("writing outcomes", lambda p=pairs: self.store.record_outcomes(p))
-            for job, outcome in batch:
+            rows = [(job.id, outcome, self._retry_for(job, outcome)) for job, outcome in batch]
+            await self._persist("writing outcomes", lambda r=rows: self.store.record_outcomes(r))
+            for (job, outcome), (_, _, retry) in zip(batch, rows, strict=True):
+                if retry is not None:
+                    log.info("job %d will be retried at %d", job.id, retry.run_at)
+                    self.poll_at(job.target, retry.run_at)
                 future = self.manual_results.pop(job.id, None)
                 if future is not None and not future.done():
                     future.set_result(outcome)
@@ -254,16 +429,13 @@ class Worker:
     async def _release(self, jobs: Iterable[Job]) -> None:
         """Give claimed jobs that will not start here back to the table."""
         jobs = list(jobs)
-        for status in ("waiting", "manual"):
-            ids = [j.id for j in jobs if j.manual == (status == "manual")]
-            if ids:
-                await self._persist(
-                    "release", lambda i=ids, s=status: self.store.release_jobs(i, s)
-                )
+        if not jobs:
+            return
+        await self._persist("release", lambda: self.store.release_jobs([j.id for j in jobs]))
         for job in jobs:
             future = self.manual_results.pop(job.id, None)
             if future is not None and not future.done():
-                future.set_exception(RuntimeError("the target was removed before the job started"))
+                future.set_exception(ManualRunCancelled("the job was given back before it started"))
 
     # --- request handlers ---------------------------------------------------------
 
@@ -273,9 +445,9 @@ class Worker:
             return list(self.targets)
         unknown = [t for t in targets if t not in self.targets]
         if unknown:
+            names = ", ".join(unknown)
             raise RequestError(
-                ErrorCode.NOT_FOUND,
-                f"worker {self.config.name} does not serve: {', '.join(unknown)}",
+                ErrorCode.NOT_FOUND, f"worker {self.config.name} does not serve {names}"
             )
         return targets
 
@@ -325,6 +497,8 @@ class Worker:
     def _manual_refusal(self, row: ManualRow) -> str | None:
         if row.status != "manual":
             return f"status is {row.status}, not manual"
+        if row.worker is not None:
+            return f"job {row.id} is being run by worker {row.worker}"
         target = self.targets.get(row.target)
         if target is None:
             return f"worker {self.config.name} does not serve target {row.target}"
@@ -344,13 +518,16 @@ class Worker:
         loop = asyncio.get_running_loop()
         for row in accepted:
             futures[row.id] = self.manual_results[row.id] = loop.create_future()
-        await self._enqueue(Job(r.id, r.target, r.slot, r.priority, manual=True) for r in accepted)
+        await self._enqueue(
+            Job(r.id, r.target, r.slot, r.priority, manual=True, attempts=r.attempts)
+            for r in accepted
+        )
         self._wake.set()
         results: dict[int, Any] = {}
         for job_id, future in futures.items():
             try:
                 results[job_id] = (await future).as_reply()
-            except RuntimeError as exc:
+            except ManualRunCancelled as exc:
                 errors[job_id] = str(exc)
         return {"jobs": results, "errors": errors}
 
@@ -358,7 +535,7 @@ class Worker:
         name = data["target"]
         if name in self.targets:
             raise RequestError(ErrorCode.CONFLICT, f"target {name} is served already")
-        self.targets[name] = TargetQueue.from_config(name, data["slots"])
+        self.targets[name] = TargetQueue.from_config(name, TargetConfig(slots=data["slots"]))
         log.info("added target %s %s", name, data["slots"])
         self._targets_changed()
         self.poll([name])
@@ -368,7 +545,7 @@ class Worker:
         target = self._target(data["target"])
         del self.targets[target.name]
         self.wanted.discard(target.name)
-        queued = [job for slot in target.slots.values() for job in slot.drain()]
+        queued = target.drain()
         await self._release(queued)
         log.info("removed target %s (%d queued jobs released)", target.name, len(queued))
         self._targets_changed()
@@ -391,6 +568,6 @@ class Worker:
                 errors[job_id] = f"job {job_id} is not running on worker {self.config.name}"
             else:
                 running.send_signal(sig)
-                sent[job_id] = sig.name
-                log.info("sent %s to job %d", sig.name, job_id)
+                sent[job_id] = signal.Signals(sig).name
+                log.info("sent %s to job %d", sent[job_id], job_id)
         return {"jobs": sent, "errors": errors}

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from jobd import protocol
-from jobd.config import DatabaseURL
+from jobd.config import DatabaseURL, TargetConfig
 from jobd.jobs import Job
 from jobd.launcher import OutputBuffer, signal_name
 from jobd.protocol import RequestError
@@ -85,7 +85,7 @@ def test_slot_queue_orders_and_limits():
 
 
 def test_target_queue_room():
-    target = TargetQueue.from_config("t", {"a": 2, "b": 1})
+    target = TargetQueue.from_config("t", TargetConfig(slots={"a": 2, "b": 1}))
     target.slots["a"].push(Job(1, "t", "a"))
     assert target.room() == {"a": 1, "b": 1}
     target.set_concurrency("c", 4)
@@ -103,3 +103,20 @@ def test_database_url_hides_the_password():
     )
     assert "s@cret" not in repr(url) and "s@cret" not in str(url)
     assert url.redacted() == "mysql://jobd:***@db.example:3307/jobs"
+
+
+def test_retry_delay_is_capped_exponential_with_jitter():
+    target = TargetConfig(slots={"default": 1}, retry_backoff=2, retry_backoff_max=10)
+    assert [target.retry_delay(n, 0.0) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
+    assert target.retry_delay(2, 0.999) == pytest.approx(2.002, abs=0.01)  # up to half off
+
+
+def test_target_queue_reconfigure_keeps_running_and_returns_queued_of_removed_slots():
+    target = TargetQueue.from_config("t", TargetConfig(slots={"a": 1, "b": 1}))
+    target.slots["b"].push(Job(5, "t", "b"))
+    target.slots["a"].running.add(7)
+    gone = target.reconfigure(TargetConfig(slots={"a": 3}, timeout=9))
+    assert [job.id for job in gone] == [5]
+    assert target.concurrency() == {"a": 3}
+    assert target.slots["a"].running == {7}
+    assert target.options.timeout == 9

@@ -90,6 +90,12 @@ def mutate(config: dict, change: str) -> dict:
         ("max_output_buffer=99999999999", "max_output_buffer", "must be between"),
         ("launcher.env=[1, 2]", "launcher.env", "expected a map"),
         ("name=bad name", "name", "expected a name"),
+        ("targets.mail={concurrency: 2, slots: {a: 1}}", "targets.mail", "either concurrency"),
+        ("targets.mail={concurrency: 2, timeout: -1}", "targets.mail.timeout", "must be >="),
+        ("targets.mail={concurrency: 2, max_attempts: 0}", "targets.mail.max_attempts", "between"),
+        ("targets.mail={concurrency: 2, colour: red}", "targets.mail.colour", "unknown key"),
+        ("targets.mail={slots: {a: 0}}", "targets.mail.slots.a", "at least 1"),
+        ("kill_grace=soon", "kill_grace", "expected a number"),
     ],
 )
 def test_bad_config_exits_2_naming_file_and_key(jobs, tmp_path, change, key, problem):
