@@ -241,14 +241,19 @@ def test_run_manual_is_routed_over_two_workers_and_aggregated(jobs, start_master
 
 def test_send_signal_reaches_the_worker_running_the_job(jobs, start_master, start_worker):
     master = start_master(ping_interval=INTERVAL)
-    start_worker({"t": 1}, "sleep 30", master=master.address)
-    start_worker({"t": 1}, "sleep 30", master=master.address)
+    workers = {w.address: w for w in (
+        start_worker({"t": 1}, "sleep 30", master=master.address),
+        start_worker({"t": 1}, "sleep 30", master=master.address),
+    )}  # fmt: skip
     wait_for(lambda: registered(master, "w0", "w1"), 5, "registered")
     first, second = jobs.insert("t", 2)
     master.request("poke", {"targets": ["t"]})
     wait_for(lambda: jobs.count("status = 'running'") == 2, 10, "both jobs running")
     owner = {r["id"]: r["worker"] for r in jobs.rows()}
     assert set(owner.values()) == {"w0", "w1"}  # one each: concurrency 1
+    # `running` in the row comes right before the spawn; the worker's status, right after.
+    for worker in workers.values():
+        wait_for(lambda w=worker: w.request("status")["running"], 5, "spawned")
 
     reply = master.request(
         "send-signal", {"jobs": [{"id": first, "signal": "TERM", "target": "t"}]}

@@ -1,0 +1,1 @@
+"""jobctl: the command line client of jobd workers and jobd-master."""
