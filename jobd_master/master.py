@@ -161,8 +161,15 @@ class Master:
         self.registry.add(worker)
         self.gone[worker.name] = asyncio.Event()
 
-        async def poll(targets: list[str]) -> Any:
-            return await self.ask(worker, "poll", {"targets": targets}, POLL_TIMEOUT)
+        def poll(targets: list[str]) -> Awaitable[Any]:
+            # The endpoint's own coroutine, so that the message is handed to the socket in
+            # the first step of its task (PollFlow relies on it to tell when it was sent).
+            # Targets the worker dropped since the poke are left out: it would refuse them.
+            assert self.endpoint is not None
+            served = [t for t in targets if t in worker.targets] or targets
+            return self.endpoint.request(
+                "poll", {"targets": served}, envelope=worker.envelope, timeout=POLL_TIMEOUT
+            )
 
         self.polls[worker.name] = PollFlow(worker.name, poll, self._poll_failed)
 

@@ -1,0 +1,59 @@
+"""PollFlow on its own: the coalescing rule without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from jobd.rpc import NoAnswer
+from jobd_master.polls import PollFlow
+
+
+class FakeWorker:
+    """Records each poll when it is 'sent' (first step) and answers when told to."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.replies: list[asyncio.Future[None]] = []
+        self.failed: list[tuple[list[str], Exception]] = []
+
+    async def request(self, targets: list[str]) -> None:
+        self.sent.append(targets)
+        reply = asyncio.get_running_loop().create_future()
+        self.replies.append(reply)
+        await reply
+
+    def answer(self, exc: Exception | None = None) -> None:
+        reply = self.replies[-1]
+        reply.set_exception(exc) if exc else reply.set_result(None)
+
+
+async def test_first_poke_goes_at_once_and_the_rest_is_coalesced():
+    worker = FakeWorker()
+    flow = PollFlow("w", worker.request, lambda t, e: worker.failed.append((t, e)))
+    first = flow.poll(["a"])
+    assert await first is True  # sent, although the worker has not answered
+    assert worker.sent == [["a"]]
+
+    later = [flow.poll([t]) for t in ["b", "a", "c"] * 1000]
+    await asyncio.sleep(0.01)
+    assert worker.sent == [["a"]] and not later[0].done()  # one poll in flight at a time
+
+    worker.answer()
+    assert all(await asyncio.gather(*later))
+    assert worker.sent == [["a"], ["a", "b", "c"]]  # 3,000 pokes, one more poll
+    assert flow.sent == 2
+
+    worker.answer(NoAnswer("gone"))  # a failed poll is reported with its targets
+    await asyncio.sleep(0.01)
+    assert [t for t, _ in worker.failed] == [["a", "b", "c"]]
+    assert await flow.poll(["d"]) is True and worker.sent[-1] == ["d"]
+    await flow.close()
+
+
+async def test_close_tells_waiting_pokes_their_poll_was_not_sent():
+    worker = FakeWorker()
+    flow = PollFlow("w", worker.request, lambda t, e: None)
+    await flow.poll(["a"])
+    waiting = flow.poll(["b"])
+    await flow.close()
+    assert await waiting is False
