@@ -109,7 +109,10 @@ def ping(daemon: Daemon) -> None:
 @click.argument("targets", nargs=-1)
 @click.pass_obj
 def poke(daemon: Daemon, targets: tuple[str, ...]) -> None:
-    """Have the workers serving TARGETS (all targets when none) poll.  Master."""
+    """Master: have the serving workers poll.
+
+    The workers serving TARGETS (every target when none) poll; a target no live worker
+    serves is remembered for the first worker that registers with it."""
     daemon.require(MASTER, "poke", "a worker is asked directly with poll")
     daemon.show(daemon.request("poke", _targets(targets)), render.poke)
 
@@ -118,7 +121,9 @@ def poke(daemon: Daemon, targets: tuple[str, ...]) -> None:
 @click.argument("targets", nargs=-1)
 @click.pass_obj
 def poll(daemon: Daemon, targets: tuple[str, ...]) -> None:
-    """Claim waiting jobs of TARGETS (all when none) now.  Worker."""
+    """Worker: claim waiting jobs now.
+
+    Claims waiting jobs of TARGETS (every target when none)."""
     daemon.require(WORKER, "poll", "through the master, use poke")
     daemon.show(daemon.request("poll", _targets(targets)), render.targets_done("polling"))
 
@@ -133,7 +138,10 @@ def _pause_or_continue(daemon: Daemon, verb: str, targets: Sequence[str]) -> Non
 @click.argument("targets", nargs=-1)
 @click.pass_obj
 def pause(daemon: Daemon, targets: tuple[str, ...]) -> None:
-    """Stop starting jobs of TARGETS (all when none); running jobs go on."""
+    """Stop starting jobs of TARGETS.
+
+    Every target when none; through the master, on every worker serving them.  Running
+    jobs go on."""
     _pause_or_continue(daemon, "pause", targets)
 
 
@@ -141,7 +149,7 @@ def pause(daemon: Daemon, targets: tuple[str, ...]) -> None:
 @click.argument("targets", nargs=-1)
 @click.pass_obj
 def continue_(daemon: Daemon, targets: tuple[str, ...]) -> None:
-    """Resume TARGETS (all when none)."""
+    """Resume paused TARGETS (all when none)."""
     _pause_or_continue(daemon, "continue", targets)
 
 
@@ -151,7 +159,9 @@ def continue_(daemon: Daemon, targets: tuple[str, ...]) -> None:
 )
 @click.pass_obj
 def status(daemon: Daemon, poll_workers: bool) -> None:
-    """The daemon's status: targets and slots, or the registered workers."""
+    """Status of the daemon.
+
+    A worker: its targets and slots.  The master: its registered workers."""
     if daemon.kind == WORKER:
         if poll_workers:
             raise click.UsageError("--poll-workers is a master option")
@@ -165,7 +175,7 @@ def status(daemon: Daemon, poll_workers: bool) -> None:
 @click.option("--poll-workers", is_flag=True, help="Add each worker's running and queued jobs.")
 @click.pass_obj
 def list_workers(daemon: Daemon, poll_workers: bool) -> None:
-    """The workers registered with the master.  Master."""
+    """Master: the registered workers."""
     daemon.require(MASTER, "list-workers")
     reply = daemon.request("status", {"poll_workers": poll_workers})
     daemon.show(reply["workers"] if daemon.json else reply, render.workers)
@@ -174,7 +184,7 @@ def list_workers(daemon: Daemon, poll_workers: bool) -> None:
 @main.command("list-targets")
 @click.pass_obj
 def list_targets(daemon: Daemon) -> None:
-    """The targets served, with their slots (and, for the master, their workers)."""
+    """Targets, slots (and workers) served."""
     reply = daemon.request("status")
     if daemon.kind == MASTER:
         by_target: dict[str, dict[str, Any]] = {}
@@ -205,7 +215,9 @@ def _parse_slots(values: Sequence[str]) -> Any:
 @click.argument("slots", nargs=-1, required=True)
 @click.pass_obj
 def add_target(daemon: Daemon, target: str, slots: tuple[str, ...]) -> None:
-    """Serve TARGET with SLOTS: a concurrency, or SLOT=CONCURRENCY...  Worker."""
+    """Worker: serve a new target.
+
+    SLOTS is a concurrency (one slot "default") or SLOT=CONCURRENCY pairs."""
     daemon.require(WORKER, "add-target")
     reply = daemon.request("add-target", {"target": target, "slots": _parse_slots(slots)})
     daemon.show(reply, render.target_changed)
@@ -215,7 +227,9 @@ def add_target(daemon: Daemon, target: str, slots: tuple[str, ...]) -> None:
 @click.argument("target")
 @click.pass_obj
 def remove_target(daemon: Daemon, target: str) -> None:
-    """Stop serving TARGET; its running jobs finish.  Worker."""
+    """Worker: stop serving TARGET.
+
+    Its running jobs finish; queued ones go back to waiting."""
     daemon.require(WORKER, "remove-target")
     daemon.show(daemon.request("remove-target", {"target": target}), render.target_removed)
 
@@ -226,7 +240,9 @@ def remove_target(daemon: Daemon, target: str) -> None:
 @click.option("--slot", default="default", show_default=True, help="The slot to change.")
 @click.pass_obj
 def set_target_concurrency(daemon: Daemon, target: str, concurrency: int, slot: str) -> None:
-    """Set the concurrency of a slot of TARGET (adds the slot if new).  Worker."""
+    """Worker: set a slot's concurrency.
+
+    Adds the slot if it is new."""
     daemon.require(WORKER, "set-target-concurrency")
     data = {"target": target, "concurrency": concurrency, "slot": slot}
     daemon.show(daemon.request("set-target-concurrency", data), render.target_changed)
@@ -252,7 +268,10 @@ def _routed_target(daemon: Daemon, command: str, target: str | None) -> str | No
 )  # fmt: skip
 @click.pass_obj
 def run_manual(daemon: Daemon, ids: tuple[int, ...], target: str | None, wait: float) -> None:
-    """Run the rows IDS (status 'manual') now and show their outcome."""
+    """Run manual jobs now; show the outcome.
+
+    The rows IDS must be in status 'manual'.  Through the master, --target names
+    their target (the master routes by target)."""
     target = _routed_target(daemon, "run-manual", target)
     if daemon.kind == MASTER:
         data: dict[str, Any] = {"jobs": [{"id": i, "target": target} for i in ids]}
@@ -269,7 +288,10 @@ def run_manual(daemon: Daemon, ids: tuple[int, ...], target: str | None, wait: f
 @click.option("--target", default=None, help=_TARGET_HELP)
 @click.pass_obj
 def send_signal(daemon: Daemon, job_id: int, signal: str, target: str | None) -> None:
-    """Send SIGNAL (TERM, SIGKILL, 9, ...) to the running job ID."""
+    """Signal a running job.
+
+    SIGNAL is a name (TERM, SIGKILL) or a number.  Through the master, --target names
+    the job's target."""
     target = _routed_target(daemon, "send-signal", target)
     sig: str | int = int(signal) if signal.isdigit() else signal  # the protocol takes both
     if daemon.kind == MASTER:

@@ -14,7 +14,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         return ""
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     numeric = [
-        all(r[i].lstrip("-").isdigit() or r[i] == "-" for r in cells) for i in range(len(headers))
+        all(_is_number(r[i]) for r in cells) and any(r[i] != "-" for r in cells)
+        for i in range(len(headers))
     ]
 
     def line(values: Sequence[str]) -> str:
