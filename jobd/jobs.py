@@ -40,13 +40,16 @@ class Outcome:
     stdout: str
     stderr: str
     duration: float  # seconds, measured by the worker
+    note: str | None = None  # why jobd stopped the job (timeout, shutdown), if it did
 
     def describe(self) -> str:
         if self.sig:
-            return f"killed by {self.sig}"
-        if self.return_code is None:
-            return "could not start"
-        return f"exit code {self.return_code}"
+            how = f"killed by {self.sig}"
+        elif self.return_code is None:
+            how = "could not start"
+        else:
+            how = f"exit code {self.return_code}"
+        return f"{self.note} ({how})" if self.note else how
 
     def as_reply(self) -> dict[str, Any]:
         return {

@@ -75,6 +75,9 @@ class Worker:
         }
         #: Targets with a poll not yet carried out in full (no room yet, or a claim came back full).
         self.wanted: set[str] = set()
+        #: Targets polled while a claim was in flight: that claim may have missed their
+        #: new rows, so they stay wanted whatever it returned.
+        self._polled_since_claim: set[str] = set()
         self.running: dict[int, RunningJob] = {}
         #: Why a running job is being stopped by the worker (timeout, shutdown).
         self.interrupted: dict[int, str] = {}
@@ -235,7 +238,9 @@ class Worker:
     # --- claiming and starting ----------------------------------------------------
 
     def poll(self, targets: Iterable[str]) -> None:
-        self.wanted.update(targets)
+        targets = set(targets)
+        self.wanted |= targets
+        self._polled_since_claim |= targets
         self._wake.set()
 
     def poll_at(self, target: str, when: float) -> None:
@@ -285,6 +290,7 @@ class Worker:
                     if released:
                         log.warning("released %d rows of a claim whose answer was lost", released)
                     self._claim_failed = False
+                self._polled_since_claim.clear()
                 claim = await self.store.claim_jobs(
                     wants, {t: self.targets[t].slots.keys() for t in wants}, limit
                 )
@@ -296,7 +302,7 @@ class Worker:
                 self._wake.set()
                 continue
             delay = RETRY_MIN
-            self.wanted -= set(wants) - claim.full
+            self.wanted -= set(wants) - claim.full - self._polled_since_claim
             if claim.full:
                 self._wake.set()  # claim again once there is room
             if claim.ignored:
@@ -364,6 +370,7 @@ class Worker:
                     result="fail",
                     sig=outcome.sig or "SIGTERM",
                     stderr=f"{outcome.stderr}\njobd: {reason}\n",
+                    note=reason,
                 )
             log.info(
                 "job %d %s/%s finished in %.3f s: %s code=%s signal=%s",

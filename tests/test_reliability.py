@@ -1,0 +1,224 @@
+"""Never lose a job: crash recovery, graceful shutdown, reload, database outages,
+timeouts and retries, each injected for real into a real jobd process."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import yaml
+
+from conftest import wait_for
+from tcp_proxy import TcpProxy
+
+
+def running_count(jobs) -> int:
+    return jobs.count("status = 'running'")
+
+
+# Takes a per-job lock: a second copy of a job started while the first still runs
+# fails at once (flock -n), so "no job ran twice at the same time" shows in the rows.
+LOCKED = "flock -n {dir}/{{id}}.lock sh -c 'echo ran {{id}}; sleep {sleep}'"
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_with_50_jobs_in_flight_then_restart(jobs, start_worker, tmp_path):
+    targets = {
+        "again": {"concurrency": 25, "max_attempts": 2},  # retried after the crash
+        "once": 25,  # max_attempts 1: failed with the reason
+    }
+    command = LOCKED.format(dir=tmp_path, sleep=3)
+    worker = start_worker(targets, command=command, kill_grace=1)
+    again = jobs.insert("again", 25)
+    once = jobs.insert("once", 25)
+    worker.request("poll")
+    wait_for(lambda: len(worker.request("status")["running"]) == 50, 20, "50 processes running")
+    worker.kill()  # kill -9: its 50 job processes live on, orphaned
+
+    assert jobs.count("status IN ('accepted', 'running')") == 50
+    worker.start()  # same name, same config: it recovers its rows
+    rows = {r["id"]: r for r in jobs.wait_done(again + once, timeout=60)}
+
+    for job_id in once:
+        row = rows[job_id]
+        assert (row["status"], row["result"], row["attempts"]) == ("done", "fail", 1)
+        assert "worker w0 stopped while the job was running" in row["stderr"]
+    for job_id in again:
+        row = rows[job_id]
+        # Ran again to success: the lock proves the first run was gone by then.
+        assert (row["status"], row["result"], row["attempts"]) == ("done", "ok", 2), row
+        assert row["stdout"] == f"ran {job_id}\n"
+        assert row["attempt_log"] == "attempt 1: worker w0 stopped while the job was running\n"
+    # flock, sh and sleep of each of the 50 jobs were still running: all were stopped.
+    assert "stopping 150 processes left by a previous run" in worker.log()
+
+
+def test_graceful_shutdown(jobs, start_worker):
+    targets = {
+        "short": 1,
+        "retry": {"concurrency": 1, "max_attempts": 2},
+        "fail": 1,
+    }
+    worker = start_worker(
+        targets,
+        command="sh -c 'if [ {target} = short ]; then sleep 0.5; else sleep 60; fi'",
+        shutdown_timeout=1.5,
+        kill_grace=1,
+    )
+    short, short_waiting = jobs.insert("short", 2)
+    (retry,) = jobs.insert("retry")
+    (fail,) = jobs.insert("fail")
+    worker.request("poll")
+    wait_for(lambda: running_count(jobs) == 3, 10, "3 jobs running")
+    began = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - began < 10
+
+    rows = {r["id"]: r for r in jobs.rows()}
+    assert rows[short]["result"] == "ok"  # finished within shutdown_timeout
+    assert rows[short_waiting]["status"] == "waiting"  # never started: left for others
+    assert rows[short_waiting]["worker"] is None
+    assert rows[retry]["status"] == "waiting"  # attempts left: back for another worker
+    assert "worker w0 stopped while the job was running" in rows[retry]["attempt_log"]
+    assert (rows[fail]["status"], rows[fail]["result"], rows[fail]["sig"]) == (
+        "done",
+        "fail",
+        "SIGTERM",
+    )
+    assert "jobd: worker w0 stopped while the job was running" in rows[fail]["stderr"]
+    assert jobs.count("status IN ('accepted', 'running')") == 0
+
+
+def test_second_signal_takes_the_fast_path(jobs, start_worker):
+    worker = start_worker(
+        {"t": 1}, command="sh -c 'trap \"\" TERM; sleep 60'", shutdown_timeout=60, kill_grace=60
+    )
+    (job_id,) = jobs.insert("t")
+    worker.request("poll")
+    wait_for(lambda: running_count(jobs) == 1, 10, "job running")
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.signal(signal.SIGINT)
+    assert worker.process.wait(15) == 0
+    assert time.monotonic() - began < 10
+    row = jobs.row(job_id)
+    assert (row["status"], row["result"], row["sig"]) == ("done", "fail", "SIGKILL")
+
+
+def test_reload_under_load(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sh -c 'echo v1; sleep 0.1'")
+    first = jobs.insert("t", 10)
+    worker.request("poll")
+    wait_for(lambda: running_count(jobs) == 1, 10, "a job running")
+
+    config = yaml.safe_load(worker.config_path.read_text())
+    config["targets"] = {"t": 3, "u": {"a": 1}}
+    config["launcher"] = {"command": "sh -c 'echo v2; sleep 0.1'"}
+    config["log"] = {"level": "debug"}
+    worker.config_path.write_text(yaml.safe_dump(config))
+    worker.signal(signal.SIGHUP)
+    wait_for(lambda: "u" in worker.request("status")["targets"], 10, "the new target")
+    assert worker.request("status")["targets"]["t"]["slots"]["default"]["concurrency"] == 3
+
+    second = jobs.insert("u", 2, slot="a")
+    worker.request("poll")
+    rows = jobs.wait_done(first + second, timeout=30)
+    assert all(r["result"] == "ok" for r in rows)  # nothing dropped
+    outputs = {r["id"]: r["stdout"] for r in rows}
+    assert {outputs[i] for i in second} == {"v2\n"}  # the new launcher
+    assert outputs[first[0]] == "v1\n"  # the job running at reload kept its process
+    assert "request status" in worker.log()  # debug level took effect
+
+    # An invalid config is refused and the running one stays.
+    worker.config_path.write_text(yaml.safe_dump({**config, "targets": {"t": 0}}))
+    worker.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in worker.log(), 10, "the refusal in the log")
+    assert "targets.t: concurrency must be at least 1" in worker.log()
+    assert set(worker.request("status")["targets"]) == {"t", "u"}
+
+    # So is one that changes what needs a restart.
+    config["name"] = "other"
+    worker.config_path.write_text(yaml.safe_dump(config))
+    worker.signal(signal.SIGHUP)
+    wait_for(lambda: "name cannot change on reload" in worker.log(), 10, "the refusal")
+    assert worker.request("ping")["name"] == "w0"
+
+
+@pytest.mark.timeout(120)
+def test_database_cut_for_10_s_in_the_middle_of_1000_jobs(jobs, start_worker):
+    url = jobs.db.url
+    proxy = TcpProxy((url.host, url.port))
+    try:
+        through_proxy = jobs.db.url_string.replace(f":{url.port}/", f":{proxy.port}/")
+        worker = start_worker(
+            {"t": 8}, command="sh -c 'echo out-{id}; sleep 0.03'", database=through_proxy
+        )
+        ids = jobs.insert("t", 1000)
+        worker.request("poll")
+        wait_for(lambda: jobs.count("status = 'done'") >= 300, 60, "300 jobs done")
+        proxy.cut()
+        time.sleep(10)
+        assert worker.request("ping")["name"] == "w0"  # still serving while the database is away
+        status = worker.request("status")
+        proxy.restore()
+        rows = jobs.wait_done(ids, timeout=60)
+    finally:
+        proxy.close()
+    assert len(rows) == 1000
+    for row in rows:
+        assert (row["status"], row["result"], row["attempts"]) == ("done", "ok", 1), row
+        assert row["stdout"] == f"out-{row['id']}\n"
+    assert "failed, retrying" in worker.log()
+    assert status["name"] == "w0"
+
+
+def test_timeout_terminates_then_kills(jobs, start_worker):
+    worker = start_worker(
+        {"t": {"concurrency": 2, "timeout": 0.5}},
+        command="sh -c 'if [ {id} = $STUBBORN ]; then trap \"\" TERM; fi; sleep 30'",
+        kill_grace=0.5,
+    )
+    polite, stubborn = jobs.insert("t", 2)
+    config = yaml.safe_load(worker.config_path.read_text())
+    config["launcher"]["env"] = {"STUBBORN": str(stubborn)}
+    worker.config_path.write_text(yaml.safe_dump(config))
+    worker.signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in worker.log(), 10, "reload")
+    worker.request("poll")
+    rows = {r["id"]: r for r in jobs.wait_done([polite, stubborn], timeout=15)}
+    assert (rows[polite]["result"], rows[polite]["sig"]) == ("fail", "SIGTERM")
+    assert (rows[stubborn]["result"], rows[stubborn]["sig"]) == ("fail", "SIGKILL")
+    for row in rows.values():
+        assert "jobd: timed out after 0.5 s" in row["stderr"]
+        assert row["time_finished"] - row["time_started"] < 5
+
+
+def test_retries_with_backoff(jobs, start_worker, tmp_path):
+    # Fails until its third attempt; the count lives in a file per job.
+    command = (
+        f"sh -c 'n=$(cat {tmp_path}/{{id}} 2>/dev/null || echo 0); n=$((n+1)); "
+        f"echo $n > {tmp_path}/{{id}}; echo try $n; echo oops $n >&2; "
+        f"[ {{target}} = flaky ] && [ $n -ge 3 ]'"
+    )
+    options = {"concurrency": 2, "max_attempts": 3, "retry_backoff": 0.4}
+    worker = start_worker({"flaky": options, "broken": options}, command=command)
+    (flaky,) = jobs.insert("flaky")
+    (broken,) = jobs.insert("broken")
+    began = time.time()
+    worker.request("poll")
+    rows = {r["id"]: r for r in jobs.wait_done([flaky, broken], timeout=20)}
+    took = time.time() - began
+
+    assert (rows[flaky]["result"], rows[flaky]["attempts"]) == ("ok", 3)
+    assert rows[flaky]["stdout"] == "try 3\n"  # the last attempt's output
+    assert (rows[broken]["result"], rows[broken]["attempts"]) == ("fail", 3)
+    assert rows[broken]["stderr"] == "oops 3\n"
+    for row in rows.values():
+        lines = row["attempt_log"].splitlines()
+        assert len(lines) == 2
+        assert lines[0].startswith("attempt 1/3: exit code 1 after")
+        assert lines[1].startswith("attempt 2/3: exit code 1 after")
+    # Backoff 0.4 s then 0.8 s, each at least halved by jitter: 0.6 s at the least.
+    assert took >= 0.6
