@@ -115,7 +115,10 @@ step "creating table jobs from schema.sql (if it does not exist)"
 step "writing $CONFIG from config/jobd.yaml"
 "$VENV_PY" "$HELPER" derive-config config/jobd.yaml "$CONFIG" "${JOBD_QUICKSTART_LISTEN:-}"
 LISTEN=$("$VENV_PY" "$HELPER" listen "$CONFIG")
-JOBD_DATABASE_URL=$WORKER_URL "$VENV/bin/jobd" --check --config "$CONFIG" | sed 's/^/    /'
+if ! JOBD_DATABASE_URL=$WORKER_URL "$VENV/bin/jobd" --check --config "$CONFIG"; then
+  die "jobd --check failed (above); a jobs table made by an older schema.sql lacks the new" \
+    "columns: add them, or drop the table (its rows go with it) and run this again"
+fi
 
 if [ -n "$(worker_pid)" ]; then
   stop_worker

@@ -27,7 +27,7 @@ step "ruff check ."
 step "ruff format --check ."
 "$VENV/bin/ruff" format --check .
 
-step "pytest $*"
+step "pytest${*:+ $*}"
 status=0
 "$VENV_PY" -m pytest "$@" || status=$?
 case $status in
