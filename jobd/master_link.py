@@ -71,7 +71,10 @@ class MasterLink:
         # there, so a restarted master never receives stale replies meant for its
         # predecessor, and a request sent while disconnected waits (bounded by our timeout).
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self.connected = False
         sock.connect(address)
         dispatcher = Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log)
         self.endpoint = Endpoint(sock, dispatcher, log, on_request=self._heard_request)
@@ -98,7 +101,7 @@ class MasterLink:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self.registered:
+        if self.registered and self.connected:
             # Lets the master stop routing to us at once instead of after missed pings.
             with contextlib.suppress(NoAnswer, RequestError, TimeoutError):
                 await asyncio.wait_for(
@@ -185,7 +188,10 @@ class MasterLink:
                 event = parse_monitor_message(await self._monitor.recv_multipart())
             except zmq.ZMQError:
                 return
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected = False
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected = True
                 if first:
                     first = False  # the initial registration is already under way
                     continue
