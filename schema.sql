@@ -1,6 +1,6 @@
 -- The jobs table of jobd.  The first twelve columns and the first key are exactly
--- those of the jobd seed, so an INSERT written for the seed's table works unchanged;
--- the columns after them are jobd's own and all have defaults.
+-- those of the jobd seed, so an INSERT written for the seed's table works unchanged.
+-- The columns after them are jobd's own and all have defaults.
 -- The table name is configurable (`table:` in the config): replace `jobs` below.
 CREATE TABLE IF NOT EXISTS `jobs` (
   `id` int(10) UNSIGNED NOT NULL AUTO_INCREMENT,
@@ -17,13 +17,45 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   `stderr` mediumtext DEFAULT NULL,
   -- jobd's own columns
   `priority` smallint NOT NULL DEFAULT 0,               -- higher starts first within a slot
-  `run_at` int(10) UNSIGNED DEFAULT NULL,               -- not before this UNIX time; NULL/0: now
+  `run_at` int(10) UNSIGNED DEFAULT NULL,               -- not before this UNIX time (NULL or 0: now)
   `attempts` smallint UNSIGNED NOT NULL DEFAULT 0,      -- times the job was started
   `worker` varchar(64) DEFAULT NULL,                    -- the worker that claimed the row
   `time_claimed` int(10) UNSIGNED NOT NULL DEFAULT 0,   -- when that worker claimed it
   `attempt_log` text DEFAULT NULL,                      -- one line per earlier failed attempt
+  `data` mediumtext DEFAULT NULL CHECK (`data` IS NULL OR JSON_VALID(`data`)),  -- JSON, given to the launcher on stdin
+  `callback_url` varchar(1024) DEFAULT NULL,            -- POSTed the outcome when done
+  `callback_result` varchar(255) DEFAULT NULL,          -- how that delivery went
+  `schedule_id` int(10) UNSIGNED DEFAULT NULL,          -- the schedule that created the row
+  `scheduled_at` int(10) UNSIGNED DEFAULT NULL,         -- the fire time it was created for
   PRIMARY KEY (`id`),
   KEY `status_target_idx` (`status`, `target`, `id`),
   KEY `claim_idx` (`status`, `target`, `priority` DESC, `id`),
-  KEY `worker_idx` (`worker`, `status`)
+  KEY `worker_idx` (`worker`, `status`),
+  KEY `due_idx` (`status`, `target`, `run_at`),
+  KEY `finished_idx` (`status`, `time_finished`),
+  UNIQUE KEY `schedule_fire_idx` (`schedule_id`, `scheduled_at`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Recurring schedules (jobctl schedule ...). Each fire time creates exactly one row in
+-- the jobs table, however many schedulers run: the unique key on (schedule_id,
+-- scheduled_at) there makes a second insert for the same fire time a no-op.
+CREATE TABLE IF NOT EXISTS `jobs_schedules` (
+  `id` int(10) UNSIGNED NOT NULL AUTO_INCREMENT,
+  `name` varchar(64) NOT NULL,
+  `cron` varchar(255) DEFAULT NULL,                     -- a cron expression, or
+  `interval_seconds` int(10) UNSIGNED DEFAULT NULL,     -- a fixed interval
+  `timezone` varchar(64) NOT NULL DEFAULT 'UTC',        -- for cron expressions
+  `target` char(16) NOT NULL,
+  `slot` char(16) DEFAULT NULL,
+  `priority` smallint NOT NULL DEFAULT 0,
+  `data` mediumtext DEFAULT NULL CHECK (`data` IS NULL OR JSON_VALID(`data`)),
+  `catch_up` enum('once','skip') NOT NULL DEFAULT 'once',  -- after downtime
+  `enabled` tinyint(1) NOT NULL DEFAULT 1,
+  `last_fire` int(10) UNSIGNED DEFAULT NULL,
+  `next_fire` int(10) UNSIGNED DEFAULT NULL,
+  `time_created` int(10) UNSIGNED NOT NULL DEFAULT (UNIX_TIMESTAMP()),
+  PRIMARY KEY (`id`),
+  UNIQUE KEY `name_idx` (`name`),
+  KEY `due_idx` (`enabled`, `next_fire`),
+  CHECK ((`cron` IS NULL) <> (`interval_seconds` IS NULL))
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

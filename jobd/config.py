@@ -25,6 +25,7 @@ DATABASE_URL_ENV = "JOBD_DATABASE_URL"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,16}")
 WORKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+URL_PATTERN = re.compile(r"https?://[^\s]{1,1000}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Kept bytes per stream; decoded output can grow up to 3x (replacement characters)
@@ -100,12 +101,23 @@ class TargetConfig:
     max_attempts: int = 1  # 1: no retry, as in the seed
     retry_backoff: float = 10.0  # seconds before the second attempt; doubles each time
     retry_backoff_max: float = 3600.0
+    description: str = ""  # shown by `jobctl targets`
+    launcher: LauncherConfig | None = None  # this target's own program; None: the global one
+    callback_url: str | None = None  # default for jobs of this target without their own
 
     def retry_delay(self, attempt: int, jitter: float) -> float:
         """Delay after failed attempt number `attempt` (1-based); jitter in [0, 1) takes
         up to half of it off, so retries of many jobs that failed together spread out."""
         delay = min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempt - 1))
         return delay * (1 - jitter / 2)
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    output_limit: int = 4096  # bytes of stdout and of stderr sent in a callback
+    max_attempts: int = 5
+    backoff: float = 1.0  # seconds before the second attempt; doubles each time
+    timeout: float = 10.0  # seconds for one HTTP request
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,8 @@ class WorkerConfig:
     log_level: str
     kill_grace: float = 10.0
     shutdown_timeout: float = 30.0
+    callbacks: CallbackConfig = field(default_factory=lambda: CallbackConfig())
+    scheduler: bool = False  # run the schedules here too (the master runs them anyway)
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,12 @@ class _Reader:
         if value < minimum:
             raise self.error(self.key(name), f"must be >= {minimum}, got {value}")
         return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(self.key(name), f"expected true or false, got {type(value).__name__}")
+        return value
 
     def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
         value = self.get(name, default, required)
@@ -257,6 +277,9 @@ def _target(reader: _Reader, key: str, value: Any) -> TargetConfig:
         max_attempts=section.integer("max_attempts", 1, 1, 1000),
         retry_backoff=section.number("retry_backoff", 10.0, 0.0),
         retry_backoff_max=section.number("retry_backoff_max", 3600.0, 0.0),
+        description=section.string("description", ""),
+        launcher=_launcher(section, required=False),
+        callback_url=section.matching("callback_url", URL_PATTERN, "an http:// or https:// URL"),
     )
     section.finish()
     return target
@@ -288,20 +311,39 @@ def _database(reader: _Reader) -> DatabaseURL:
         raise reader.error(source, str(exc)) from None
 
 
-def _launcher(reader: _Reader) -> LauncherConfig:
-    section = reader.section("launcher", required=True)
+def _launcher(reader: _Reader, required: bool = True) -> Any:
+    if not required and reader.get("launcher") is None:
+        return None
+    section = reader.section("launcher", required=required)
     command = section.string("command", required=True)
     if not command.strip():
         raise section.error(section.key("command"), "must not be empty")
     cwd = section.string("cwd")
     env = section.get("env", {})
     if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        isinstance(k, str)
+        and isinstance(v, str | int | float)
+        and not isinstance(v, bool)
+        and k
+        and "=" not in k
+        and "\0" not in k + str(v)
         for k, v in env.items()
     ):
         raise section.error(section.key("env"), "expected a map of NAME: string")
     section.finish()
     return LauncherConfig(command=command, cwd=cwd, env={k: str(v) for k, v in env.items()})
+
+
+def _callbacks(reader: _Reader) -> CallbackConfig:
+    section = reader.section("callbacks")
+    config = CallbackConfig(
+        output_limit=section.integer("output_limit", 4096, 0, MAX_OUTPUT_BUFFER),
+        max_attempts=section.integer("max_attempts", 5, 1, 100),
+        backoff=section.number("backoff", 1.0, 0.0),
+        timeout=section.number("timeout", 10.0, 0.1),
+    )
+    section.finish()
+    return config
 
 
 def load_worker_config(path: str) -> WorkerConfig:
@@ -329,6 +371,8 @@ def load_worker_config(path: str) -> WorkerConfig:
         log_level=_log_level(reader),
         kill_grace=reader.number("kill_grace", 10.0, 0.0),
         shutdown_timeout=reader.number("shutdown_timeout", 30.0, 0.0),
+        callbacks=_callbacks(reader),
+        scheduler=reader.boolean("scheduler", False),
     )
     reader.finish()
     return config

@@ -17,7 +17,7 @@ from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
-from jobd.worker import RETRY_MAX, RETRY_MIN, Worker, make_launcher
+from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
 
 log = logging.getLogger("jobd")
 
@@ -102,7 +102,7 @@ async def run_worker(config: WorkerConfig) -> int:
         ctx.term()
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     store = await connect_store(config, retry=True)
-    worker = Worker(config, store, make_launcher(config))
+    worker = Worker(config, store)
     await worker.recover()
     endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
     endpoint.start()

@@ -16,6 +16,9 @@ class Job:
     priority: int = 0
     manual: bool = False
     attempts: int = 0  # runs started, this one included once it has started
+    data: str | None = None  # JSON given to the launcher on stdin
+    callback_url: str | None = None
+    schedule_id: int | None = None
 
     def order_key(self) -> tuple[int, int, int]:
         # Manual runs first (an operator is waiting), then priority, then id.

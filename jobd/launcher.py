@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from jobd.config import DATABASE_URL_ENV, LauncherConfig
 from jobd.jobs import Job, Outcome
 
-_PLACEHOLDER = re.compile(r"\{(id|target|slot)\}")
+_PLACEHOLDER = re.compile(r"\{(id|target|slot|schedule)\}")
 #: Every job's environment names its worker and the worker's queue (database and
 #: table), so a restarted worker can find the processes its previous life left running
 #: without touching those of another worker on the same host.
@@ -160,7 +160,12 @@ class Launcher:
         self.base_env: Mapping[str, str] = {**base, **config.env}
 
     def argv(self, job: Job) -> list[str]:
-        values = {"id": str(job.id), "target": job.target, "slot": job.slot}
+        values = {
+            "id": str(job.id),
+            "target": job.target,
+            "slot": job.slot,
+            "schedule": "" if job.schedule_id is None else str(job.schedule_id),
+        }
         return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in self.template]
 
     def env(self, job: Job) -> dict[str, str]:
@@ -169,6 +174,7 @@ class Launcher:
             "JOBD_ID": str(job.id),
             "JOBD_TARGET": job.target,
             "JOBD_SLOT": job.slot,
+            "JOBD_SCHEDULE": "" if job.schedule_id is None else str(job.schedule_id),
             WORKER_ENV: self.worker,
             INSTANCE_ENV: self.instance,
         }
@@ -181,15 +187,23 @@ class Launcher:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _JobProtocol(self.max_output),
                 *self.argv(job),
-                stdin=subprocess.DEVNULL,
+                # Job data goes on stdin, never on the command line (ps shows that).
+                stdin=subprocess.DEVNULL if job.data is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=self.config.cwd,
                 env=self.env(job),
                 start_new_session=True,  # own process group, away from our terminal
             )
-        except OSError as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            # ValueError: e.g. a NUL byte in an argument or variable. Whatever fails
+            # here fails the job, never the worker's slot.
             raise LaunchError(f"jobd: cannot start {self.template[0]}: {exc}") from None
+        if job.data is not None:
+            stdin = transport.get_pipe_transport(0)
+            assert isinstance(stdin, asyncio.WriteTransport)
+            stdin.write(job.data.encode())
+            stdin.close()  # after the buffered data is written: the job sees end of input
         return RunningJob(job, transport, protocol, started)
 
 

@@ -36,6 +36,7 @@ REQUIRED_COLUMNS = (
     "id", "target", "slot", "time_created", "time_started", "time_finished", "status",
     "result", "return_code", "sig", "stdout", "stderr",
     "priority", "run_at", "attempts", "worker", "time_claimed", "attempt_log",
+    "data", "callback_url", "callback_result", "schedule_id", "scheduled_at",
 )  # fmt: skip
 
 log = logging.getLogger("jobd.storage")
@@ -57,7 +58,8 @@ class Queries:
     # One per target in a claim: the waiting rows of slots with room, plus rows of slots
     # this worker does not serve (to be ignored), best first.
     select_claimable = (
-        "SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts FROM {t}"
+        "SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts, data, callback_url,"
+        " schedule_id FROM {t}"
         " WHERE status = 'waiting' AND target = %s AND (run_at IS NULL OR run_at <= %s)"
         " AND (COALESCE(slot, 'default') IN ({free}) OR COALESCE(slot, 'default') NOT IN ({known}))"
         " ORDER BY priority DESC, id LIMIT %s {lock}"
@@ -75,7 +77,7 @@ class Queries:
     # goes back to 'manual' and never turns into an automatic run.
     select_for_manual = (
         "SELECT id, target, COALESCE(slot, 'default') AS slot, priority, status, worker,"
-        " attempts FROM {t} WHERE id IN ({ids}) FOR UPDATE"
+        " attempts, data, callback_url, schedule_id FROM {t} WHERE id IN ({ids}) FOR UPDATE"
     )
     reserve_manual = (
         "UPDATE {t} SET worker = %s, time_claimed = %s"
@@ -103,6 +105,11 @@ class Queries:
         " time_claimed = 0 WHERE id IN ({ids}) AND status IN ('accepted', 'manual')"
         " AND worker = %s"
     )
+    next_due = (
+        "SELECT MIN(run_at) FROM {t}"
+        " WHERE status = 'waiting' AND target IN ({targets}) AND run_at > %s"
+    )
+    record_callback = "UPDATE {t} SET callback_result = %s WHERE id = %s"
     release_unknown = (
         "UPDATE {t} SET status = 'waiting', worker = NULL, time_claimed = 0"
         " WHERE worker = %s AND status = 'accepted' AND id NOT IN ({ids})"
@@ -149,6 +156,15 @@ class ManualRow:
     status: str
     worker: str | None
     attempts: int
+    data: str | None
+    callback_url: str | None
+    schedule_id: int | None
+
+    def job(self) -> Job:
+        return Job(
+            self.id, self.target, self.slot, self.priority, True, self.attempts,
+            self.data, self.callback_url, self.schedule_id,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -277,13 +293,16 @@ class JobStore:
                 if len(rows) >= fetch:
                     claim.full.add(target)
                 room = dict(free)
-                for job_id, slot, priority, attempts in rows:
+                for job_id, slot, priority, attempts, data, callback_url, schedule_id in rows:
                     if slot not in room:
                         claim.ignored.append(job_id)
                     elif room[slot] > 0 and want > 0:
                         room[slot] -= 1
                         want -= 1
-                        claim.accepted.append(Job(job_id, target, slot, priority, False, attempts))
+                        claim.accepted.append(
+                            Job(job_id, target, slot, priority, False, attempts, data,
+                                callback_url, schedule_id)
+                        )  # fmt: skip
                     else:
                         claim.full.add(target)  # rows left behind for a slot with no room
             if claim.accepted:
@@ -349,6 +368,21 @@ class JobStore:
                 await cur.executemany(self._sql(Queries.record_done), done)
             if retries:
                 await cur.executemany(self._sql(Queries.record_retry), retries)
+
+    async def next_due(self, targets: Sequence[str]) -> int | None:
+        """The earliest not-before time of a waiting job of these targets, if any is
+        in the future (delayed jobs and retries)."""
+        async with self._cursor() as cur:
+            await cur.execute(
+                self._sql(Queries.next_due, targets=len(targets)), (*targets, int(time.time()))
+            )
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def record_callback(self, job_id: int, result: str) -> None:
+        """Note how the delivery of a job's callback went (after the row is done)."""
+        async with self._cursor() as cur:
+            await cur.execute(self._sql(Queries.record_callback), (result[:255], job_id))
 
     async def release_jobs(self, ids: Sequence[int]) -> None:
         """Jobs claimed or reserved by this worker that it will not start: accepted rows

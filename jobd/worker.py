@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from jobd import __version__
-from jobd.config import TargetConfig, WorkerConfig
+from jobd.callbacks import callback_payload, deliver
+from jobd.config import LauncherConfig, TargetConfig, WorkerConfig
 from jobd.jobs import Job, Outcome, Retry
 from jobd.launcher import (
     Launcher,
@@ -55,8 +56,17 @@ def instance_id(config: WorkerConfig) -> str:
     return f"{config.name}@{db.host}:{db.port}/{db.database}/{config.table}"
 
 
-def make_launcher(config: WorkerConfig) -> Launcher:
-    return Launcher(config.launcher, config.max_output_buffer, config.name, instance_id(config))
+def make_launchers(config: WorkerConfig) -> dict[str | None, Launcher]:
+    """The launcher of each target that has its own, and the default one (key None)."""
+
+    def launcher(section: LauncherConfig) -> Launcher:
+        return Launcher(section, config.max_output_buffer, config.name, instance_id(config))
+
+    launchers: dict[str | None, Launcher] = {None: launcher(config.launcher)}
+    for name, target in config.targets.items():
+        if target.launcher is not None:
+            launchers[name] = launcher(target.launcher)
+    return launchers
 
 
 def rss_bytes() -> int:
@@ -65,10 +75,10 @@ def rss_bytes() -> int:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, store: JobStore, launcher: Launcher) -> None:
+    def __init__(self, config: WorkerConfig, store: JobStore) -> None:
         self.config = config
         self.store = store
-        self.launcher = launcher
+        self.launchers = make_launchers(config)
         self.started = time.monotonic()
         self.targets: dict[str, TargetQueue] = {
             name: TargetQueue.from_config(name, target) for name, target in config.targets.items()
@@ -88,10 +98,16 @@ class Worker:
         self.on_crash: Callable[[], None] | None = None
         #: Called after the targets changed (the master link re-registers with it).
         self.on_targets_changed: Callable[[], None] | None = None
+        #: Called with each job event (started, finished); the master link relays them.
+        self.on_event: Callable[[dict[str, Any]], None] | None = None
+        self._due_timer: asyncio.TimerHandle | None = None
+        self._due_at: float | None = None
+        self._callbacks = asyncio.Semaphore(16)  # deliveries at once; the rest wait
         self._wake = asyncio.Event()
         self._claim_failed = False
         self._outcomes: asyncio.Queue[tuple[Job, Outcome]] = asyncio.Queue()
         self._job_tasks: set[asyncio.Task[None]] = set()
+        self._callback_tasks: set[asyncio.Task[None]] = set()
         self._loops: dict[str, asyncio.Task[None]] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.handle_ping,
@@ -176,13 +192,20 @@ class Worker:
                     *(self._interrupt(i, reason, grace) for i in list(self.running))
                 )
             # A job whose spawn was under way is caught on the next round.
-            await asyncio.wait(set(self._job_tasks), timeout=0.5)
+            if self._job_tasks:
+                await asyncio.wait(set(self._job_tasks), timeout=0.5)
         try:
             await asyncio.wait_for(self._outcomes.join(), write_timeout)
         except TimeoutError:
             # The database is away: the rows stay 'running' and the next start of this
             # worker settles them (retry or fail) by the same rules.
             log.error("%d outcomes could not be written before exit", self._outcomes.qsize())
+        if self._callback_tasks:
+            _, late = await asyncio.wait(set(self._callback_tasks), timeout=write_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("%d callbacks were not delivered before exit", len(late))
         for task in self._loops.values():
             task.cancel()
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
@@ -207,7 +230,7 @@ class Worker:
                 released += self.targets[name].reconfigure(target_config)
             else:
                 self.targets[name] = TargetQueue.from_config(name, target_config)
-        self.launcher = make_launcher(new)
+        self.launchers = make_launchers(new)
         poll_interval_changed = new.poll_interval != self.config.poll_interval
         self.config = new
         if poll_interval_changed:
@@ -302,13 +325,36 @@ class Worker:
                 self._wake.set()
                 continue
             delay = RETRY_MIN
-            self.wanted -= set(wants) - claim.full - self._polled_since_claim
+            drained = set(wants) - claim.full
+            self.wanted -= drained - self._polled_since_claim
             if claim.full:
                 self._wake.set()  # claim again once there is room
             if claim.ignored:
                 log.warning("ignored jobs of slots this worker does not have: %s", claim.ignored)
             await self._enqueue(claim.accepted)
             self._start_ready()
+            if drained:
+                await self._arm_due_timer(sorted(drained))
+
+    async def _arm_due_timer(self, targets: list[str]) -> None:
+        """Delayed jobs (run_at) and retries start on time without polling tightly: after a
+        target runs dry, one timer polls it when its earliest waiting job comes due."""
+        try:
+            due = await self.store.next_due(targets)
+        except StorageError as exc:
+            log.warning("cannot read the next due time: %s", exc)
+            return
+        if due is None or (self._due_at is not None and self._due_at <= due):
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._due_at = due
+
+        def fire() -> None:
+            self._due_at = self._due_timer = None
+            self.poll(self.targets)
+
+        self._due_timer = asyncio.get_running_loop().call_later(max(0.0, due - time.time()), fire)
 
     async def _enqueue(self, jobs: Iterable[Job]) -> None:
         orphans = []
@@ -342,14 +388,16 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         target = self.targets.get(job.target)
         timeout = target.options.timeout if target else 0.0
+        launcher = self.launchers.get(job.target) or self.launchers[None]
         try:
-            running = await self.launcher.start(job)
+            running = await launcher.start(job)
         except LaunchError as exc:
             outcome = launch_failure(exc)
             log.error("job %d %s/%s could not start: %s", job.id, job.target, job.slot, exc)
         else:
             self.running[job.id] = running
             log.info("job %d %s/%s started pid %d", job.id, job.target, job.slot, running.pid)
+            self._emit("started", job)
             timer = None
             if timeout > 0:
                 reason = f"timed out after {timeout:g} s"
@@ -428,10 +476,48 @@ class Worker:
                 if retry is not None:
                     log.info("job %d will be retried at %d", job.id, retry.run_at)
                     self.poll_at(job.target, retry.run_at)
+                    self._emit("retry", job, outcome, run_at=retry.run_at)
+                else:
+                    self._emit("finished", job, outcome)
+                    self._callback(job, outcome)
                 future = self.manual_results.pop(job.id, None)
                 if future is not None and not future.done():
                     future.set_result(outcome)
                 self._outcomes.task_done()
+
+    def _emit(self, kind: str, job: Job, outcome: Outcome | None = None, **extra: Any) -> None:
+        if self.on_event is None:
+            return
+        event: dict[str, Any] = {
+            "event": kind,
+            "id": job.id,
+            "target": job.target,
+            "slot": job.slot,
+            "worker": self.config.name,
+            "time": time.time(),
+            "attempts": job.attempts,
+            **extra,
+        }
+        if outcome is not None:
+            event.update(outcome.as_reply())
+            del event["stdout"], event["stderr"]  # events stay small; the row has the output
+        self.on_event(event)
+
+    def _callback(self, job: Job, outcome: Outcome) -> None:
+        target = self.targets.get(job.target)
+        url = job.callback_url or (target.options.callback_url if target else None)
+        if url:
+            task = asyncio.ensure_future(self._deliver_callback(url, job, outcome))
+            self._callback_tasks.add(task)
+            task.add_done_callback(self._callback_tasks.discard)
+
+    async def _deliver_callback(self, url: str, job: Job, outcome: Outcome) -> None:
+        settings = self.config.callbacks
+        payload = callback_payload(job, outcome, settings.output_limit)
+        async with self._callbacks:
+            result = await deliver(url, payload, settings)
+        log.info("job %d callback %s", job.id, result)
+        await self._persist("callback result", lambda: self.store.record_callback(job.id, result))
 
     async def _release(self, jobs: Iterable[Job]) -> None:
         """Give claimed jobs that will not start here back to the table."""
@@ -525,10 +611,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for row in accepted:
             futures[row.id] = self.manual_results[row.id] = loop.create_future()
-        await self._enqueue(
-            Job(r.id, r.target, r.slot, r.priority, manual=True, attempts=r.attempts)
-            for r in accepted
-        )
+        await self._enqueue(row.job() for row in accepted)
         self._wake.set()
         results: dict[int, Any] = {}
         for job_id, future in futures.items():

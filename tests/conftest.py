@@ -76,7 +76,10 @@ class Jobs:
         self.db = db
         self.table = table
         self.conn = db.connect()
-        self.execute(SCHEMA.replace("`jobs`", f"`{table}`"))
+        schema = SCHEMA.replace("`jobs_schedules`", f"`{table}_schedules`")
+        for statement in schema.replace("`jobs`", f"`{table}`").split(";"):
+            if statement.strip():
+                self.execute(statement)
 
     def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         with self.conn.cursor() as cur:
@@ -121,7 +124,7 @@ class Jobs:
         return self.rows(f"id IN ({', '.join(['%s'] * len(ids))})", tuple(ids))
 
     def close(self) -> None:
-        self.execute(f"DROP TABLE IF EXISTS `{self.table}`")
+        self.execute(f"DROP TABLE IF EXISTS `{self.table}`, `{self.table}_schedules`")
         self.conn.close()
 
 
