@@ -1,0 +1,207 @@
+"""Job features on the worker: delayed jobs, priorities (and the claim's index), data on
+stdin, schedules' ids, per-target launchers and result callbacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from jobd.storage import Queries
+
+from conftest import wait_for
+
+
+def launch_times(path) -> dict[int, float]:
+    """{id: UNIX time the launcher started} from lines "id time"."""
+    out = {}
+    for line in path.read_text().splitlines():
+        job_id, at = line.split()
+        out[int(job_id)] = float(at)
+    return out
+
+
+def test_delayed_job_starts_within_1_s_of_run_at_without_a_poke(jobs, start_worker, tmp_path):
+    log = tmp_path / "starts"
+    due = int(time.time()) + 3
+    (delayed,) = jobs.insert("t", run_at=due)
+    (zero,) = jobs.insert("t", run_at=0)  # 0 and NULL both mean "as soon as possible"
+    # The worker's own start-up poll is the only one; no poke comes at the due time.
+    start_worker({"t": 2}, command=f"sh -c 'echo {{id}} $(date +%s.%N) >> {log}'")
+    jobs.wait_done([zero], timeout=5)
+    assert jobs.row(delayed)["status"] == "waiting"
+    jobs.wait_done([delayed], timeout=10)
+    started = launch_times(log)[delayed]
+    assert due <= started < due + 1.0
+
+
+def test_delayed_job_poked_at_insert_waits_for_its_time(jobs, start_worker, tmp_path):
+    log = tmp_path / "starts"
+    worker = start_worker({"t": 1}, command=f"sh -c 'echo {{id}} $(date +%s.%N) >> {log}'")
+    due = int(time.time()) + 2
+    (job_id,) = jobs.insert("t", run_at=due)
+    worker.request("poll")
+    jobs.wait_done([job_id], timeout=10)
+    assert due <= launch_times(log)[job_id] < due + 1.0
+
+
+def test_claim_query_uses_an_index(jobs):
+    # Enough rows of several targets and statuses that a full scan would be chosen
+    # if no index fitted.
+    for target in ("a", "b", "c", "d"):
+        jobs.insert(target, 500, status="done")
+        jobs.insert(target, 50)
+    jobs.execute(f"ANALYZE TABLE `{jobs.table}`")
+    sql = Queries.select_claimable.format(
+        t=f"`{jobs.table}`", free="%s", known="%s", lock="FOR UPDATE SKIP LOCKED"
+    )
+    with jobs.conn.cursor() as cur:
+        cur.execute("EXPLAIN " + sql, ("b", int(time.time()), "default", "default", 10))
+        columns = [c[0] for c in cur.description]
+        plan = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    assert len(plan) == 1
+    # The claim index serves both the filter and the priority-then-id order: no filesort.
+    assert plan[0]["key"] == "claim_idx", plan
+    assert plan[0]["type"] == "ref", plan
+    assert "filesort" not in (plan[0]["Extra"] or ""), plan
+
+
+def test_data_arrives_on_stdin(jobs, start_worker):
+    worker = start_worker({"t": 2}, command="cat")
+    payload = json.dumps({"to": "ann@example.org", "n": [1, 2, 3], "text": "grüße"})
+    (with_data,) = jobs.insert("t", data=payload)
+    (without,) = jobs.insert("t")
+    worker.request("poll")
+    rows = {r["id"]: r for r in jobs.wait_done([with_data, without])}
+    assert json.loads(rows[with_data]["stdout"]) == json.loads(payload)
+    assert rows[without]["stdout"] == ""  # empty stdin, and `cat` did not hang
+    assert rows[without]["result"] == "ok"
+
+
+def test_invalid_json_data_is_refused_by_the_table(jobs):
+    import pymysql
+
+    with pytest.raises(pymysql.err.OperationalError):
+        jobs.insert("t", data="{not json")
+
+
+def test_schedule_and_run_ids_reach_the_launcher(jobs, start_worker):
+    worker = start_worker({"t": 2}, command="sh -c 'echo {schedule}/{id} $JOBD_SCHEDULE'")
+    (scheduled,) = jobs.insert("t", schedule_id=42, scheduled_at=int(time.time()))
+    (plain,) = jobs.insert("t")
+    worker.request("poll")
+    rows = {r["id"]: r for r in jobs.wait_done([scheduled, plain])}
+    assert rows[scheduled]["stdout"] == f"42/{scheduled} 42\n"
+    assert rows[plain]["stdout"] == f"/{plain}\n"
+
+
+def test_a_target_can_have_its_own_launcher(jobs, start_worker):
+    targets = {
+        "plain": 1,
+        "special": {
+            "concurrency": 1,
+            "description": "runs its own program",
+            "launcher": {"command": "sh -c 'echo special {id} $MODE'", "env": {"MODE": "x"}},
+        },
+    }
+    worker = start_worker(targets, command="sh -c 'echo plain {id}'")
+    (plain,) = jobs.insert("plain")
+    (special,) = jobs.insert("special")
+    worker.request("poll")
+    rows = {r["id"]: r for r in jobs.wait_done([plain, special])}
+    assert rows[plain]["stdout"] == f"plain {plain}\n"
+    assert rows[special]["stdout"] == f"special {special} x\n"
+
+
+class Receiver:
+    """A loopback HTTP server that records the callbacks it gets."""
+
+    def __init__(self, failures: int = 0, delay: float = 0.0, status: int = 500) -> None:
+        self.posts: list[tuple[str, dict, float]] = []
+        self.failures = failures
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.posts.append((self.path, body, time.time()))
+                time.sleep(delay)
+                failing = receiver.failures > 0 or self.path == "/always-fails"
+                receiver.failures -= 1
+                self.send_response(status if failing else 200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made: list[Receiver] = []
+
+    def make(**kw) -> Receiver:
+        made.append(Receiver(**kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_callbacks_are_delivered_and_retried(jobs, start_worker, receiver):
+    http = receiver(failures=2)
+    worker = start_worker(
+        {"t": 2, "cb": {"concurrency": 1, "callback_url": f"{http.url}/target-default"}},
+        command="sh -c 'echo out {id}; printf %0500d 0 >&2; exit 3'",
+        callbacks={"output_limit": 100, "max_attempts": 4, "backoff": 0.1},
+    )
+    (job_id,) = jobs.insert("t", callback_url=f"{http.url}/hook?x=1")
+    worker.request("poll")
+    jobs.wait_done([job_id])
+    wait_for(lambda: jobs.row(job_id)["callback_result"], 10, "the callback result")
+    assert jobs.row(job_id)["callback_result"] == "delivered: HTTP 200, attempt 3"
+    assert len(http.posts) == 3
+    path, body, _ = http.posts[-1]
+    assert path == "/hook?x=1"
+    assert body["id"] == job_id and body["target"] == "t" and body["slot"] == "default"
+    assert (body["result"], body["return_code"], body["signal"]) == ("fail", 3, None)
+    assert body["stdout"] == f"out {job_id}\n" and body["stdout_truncated"] is False
+    assert body["stderr"] == "0" * 100 and body["stderr_truncated"] is True
+    assert body["duration"] >= 0
+
+    # The target's callback_url serves jobs without their own; a receiver that keeps
+    # failing is given up after max_attempts, and that is recorded too.
+    (default_cb,) = jobs.insert("cb")
+    (failing,) = jobs.insert("t", callback_url=f"{http.url}/always-fails")
+    worker.request("poll")
+    wait_for(lambda: jobs.row(default_cb)["callback_result"], 10, "default callback")
+    wait_for(lambda: jobs.row(failing)["callback_result"], 10, "failing callback")
+    assert jobs.row(default_cb)["callback_result"].startswith("delivered")
+    assert any(p == "/target-default" and b["id"] == default_cb for p, b, _ in http.posts)
+    assert jobs.row(failing)["callback_result"] == "failed after 4 attempts: HTTP 500"
+
+
+def test_slow_callback_receivers_do_not_delay_other_jobs(jobs, start_worker, receiver, tmp_path):
+    http = receiver(delay=2.0)
+    log = tmp_path / "starts"
+    worker = start_worker({"t": 1}, command=f"sh -c 'echo {{id}} $(date +%s.%N) >> {log}'")
+    (first,) = jobs.insert("t", callback_url=f"{http.url}/slow")
+    second, third = jobs.insert("t", 2)
+    worker.request("poll")
+    jobs.wait_done([first, second, third])
+    starts = launch_times(log)
+    # The next jobs ran while the first one's callback was still being answered.
+    assert starts[third] < http.posts[0][2] + 2.0
+    assert jobs.row(first)["callback_result"] is None
+    wait_for(lambda: jobs.row(first)["callback_result"], 10, "the slow callback")
