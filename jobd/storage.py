@@ -12,22 +12,21 @@ over one named query of `Queries`.
     accepted by this worker but unknown to it --release_unknown--> waiting
 
 Storage knows no sockets and no processes.  Every database failure surfaces as
-`StorageError`, whose message never contains the password.
+`StorageError` (see jobd.db), whose message never contains the password.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiomysql
-import pymysql
-
 from jobd.config import DatabaseURL
+from jobd.db import Database, StorageError
 from jobd.jobs import Job, Outcome, Retry
+
+__all__ = ["REQUIRED_COLUMNS", "JobStore", "Queries", "StorageError"]
 
 DEFAULT_SLOT = "default"
 
@@ -40,10 +39,6 @@ REQUIRED_COLUMNS = (
 )  # fmt: skip
 
 log = logging.getLogger("jobd.storage")
-
-
-class StorageError(Exception):
-    """The database could not be reached or refused a statement."""
 
 
 class Queries:
@@ -133,10 +128,6 @@ class Queries:
     )
 
 
-def _placeholders(n: int) -> str:
-    return ", ".join(["%s"] * n)
-
-
 @dataclass
 class Claim:
     """What one claim transaction took."""
@@ -176,72 +167,13 @@ class Recovery:
     failed: list[int]  # running rows settled as failed
 
 
-class JobStore:
-    """All access to the jobs table of one worker."""
+class JobStore(Database):
+    """All access of one worker to the jobs table."""
 
     def __init__(self, url: DatabaseURL, table: str, worker: str, pool_size: int = 3) -> None:
-        self.url = url
-        self.table = f"`{table}`"  # validated against config.TABLE_PATTERN
-        self.table_name = table
+        super().__init__(url, table, pool_size)
         self.worker = worker
-        self.pool_size = pool_size
         self.skip_locked = True
-        self._pool: aiomysql.Pool | None = None
-
-    # --- connection ---------------------------------------------------------------
-
-    async def connect(self) -> None:
-        """Open the connection pool; raises StorageError."""
-        try:
-            self._pool = await aiomysql.create_pool(
-                minsize=1,
-                maxsize=self.pool_size,
-                host=self.url.host,
-                port=self.url.port,
-                user=self.url.user,
-                password=self.url.password,
-                db=self.url.database,
-                charset="utf8mb4",
-                autocommit=True,
-                connect_timeout=5,
-                pool_recycle=3600,
-                # A queue wants READ COMMITTED: a claim locks only the rows it returns.
-                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-            )
-        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
-            raise StorageError(
-                f"cannot connect to {self.url.redacted()}: {_describe(exc)}"
-            ) from None
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            await self._pool.wait_closed()
-            self._pool = None
-
-    @contextlib.asynccontextmanager
-    async def _cursor(self, transaction: bool = False) -> AsyncIterator[aiomysql.Cursor]:
-        if self._pool is None:
-            raise StorageError("not connected")
-        try:
-            async with self._pool.acquire() as conn:
-                try:
-                    if transaction:
-                        await conn.begin()
-                    async with conn.cursor() as cur:
-                        yield cur
-                    if transaction:
-                        await conn.commit()
-                except BaseException:
-                    # Never hand a connection in an unknown state back to the pool.
-                    conn.close()
-                    raise
-        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
-            raise StorageError(_describe(exc)) from None
-
-    def _sql(self, query: str, lock: str = "", **lists: int) -> str:
-        placeholders = {k: _placeholders(n) for k, n in lists.items()}
-        return query.format(t=self.table, lock=lock, **placeholders)
 
     async def detect_skip_locked(self) -> None:
         """Claim with SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8)."""
@@ -429,10 +361,3 @@ class JobStore:
                     [(now, f"\njobd: {reason}\n", i, worker) for i in failed],
                 )
         return Recovery(int(released), retried, failed)
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line description of a database error; pymysql's never include the password."""
-    if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) >= 2:
-        return f"({exc.args[0]}) {exc.args[1]}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

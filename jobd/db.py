@@ -1,0 +1,98 @@
+"""A MariaDB/MySQL connection pool and the one place database errors are translated.
+
+Every store (the worker's JobStore, the schedules, the client's job queries) builds on
+`Database`; none of them knows a socket.  Every failure surfaces as `StorageError`,
+whose message never contains the password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiomysql
+import pymysql
+
+from jobd.config import DatabaseURL
+
+
+class StorageError(Exception):
+    """The database could not be reached or refused a statement."""
+
+
+def placeholders(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+class Database:
+    """A pool of connections to one database, and SQL templates for one table."""
+
+    def __init__(self, url: DatabaseURL, table: str, pool_size: int = 3) -> None:
+        self.url = url
+        self.table = f"`{table}`"  # validated against config.TABLE_PATTERN
+        self.table_name = table
+        self.pool_size = pool_size
+        self._pool: aiomysql.Pool | None = None
+
+    async def connect(self) -> None:
+        """Open the connection pool; raises StorageError."""
+        try:
+            self._pool = await aiomysql.create_pool(
+                minsize=1,
+                maxsize=self.pool_size,
+                host=self.url.host,
+                port=self.url.port,
+                user=self.url.user,
+                password=self.url.password,
+                db=self.url.database,
+                charset="utf8mb4",
+                autocommit=True,
+                connect_timeout=5,
+                pool_recycle=3600,
+                # A queue wants READ COMMITTED: a claim locks only the rows it returns.
+                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            )
+        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
+            raise StorageError(
+                f"cannot connect to {self.url.redacted()}: {describe(exc)}"
+            ) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, transaction: bool = False) -> AsyncIterator[aiomysql.Cursor]:
+        if self._pool is None:
+            raise StorageError("not connected")
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    if transaction:
+                        await conn.begin()
+                    async with conn.cursor() as cur:
+                        yield cur
+                    if transaction:
+                        await conn.commit()
+                except BaseException:
+                    # Never hand a connection in an unknown state back to the pool.
+                    conn.close()
+                    raise
+        except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
+            raise StorageError(describe(exc)) from None
+
+    def _sql(self, query: str, lock: str = "", **lists: int) -> str:
+        """Fill a query template: {t} the table, {s} its schedules table, {lock} a locking
+        clause, and each of `lists` with that many placeholders."""
+        filled = {k: placeholders(n) for k, n in lists.items()}
+        schedules = f"`{self.table_name}_schedules`"
+        return query.format(t=self.table, s=schedules, lock=lock, **filled)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a database error; pymysql's never include the password."""
+    if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) >= 2:
+        return f"({exc.args[0]}) {exc.args[1]}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
