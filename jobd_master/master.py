@@ -117,11 +117,13 @@ class Master:
         waiting_for_gone = asyncio.ensure_future(gone.wait())
         try:
             await asyncio.wait([request, waiting_for_gone], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            request.cancel()
+            raise
         finally:
             waiting_for_gone.cancel()
-            if not request.done():
-                request.cancel()
-        if request.cancelled():
+        if not request.done():
+            request.cancel()
             raise NoAnswer(f"worker {worker.name} left the registry")
         result = request.result()  # raises the request's own error
         worker.seen()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -238,6 +239,29 @@ def test_run_manual_is_routed_over_two_workers_and_aggregated(jobs, start_master
     assert "w0:" in reply["errors"][waiting] and "not manual" in reply["errors"][waiting]
     assert reply["errors"][orphan] == "no live worker serves target zzz"
     assert jobs.row(waiting)["status"] == "waiting"
+
+
+def test_run_manual_ends_when_its_worker_leaves(jobs, start_master, start_worker):
+    master = start_master(ping_interval=INTERVAL)
+    worker = start_worker({"t": 1}, "sleep 30", master=master.address)
+    wait_for(lambda: registered(master, "w0"), 5, "registered")
+    (job,) = jobs.insert("t", status="manual")
+
+    async def run() -> tuple[Any, float]:
+        async with Client(master.address, timeout=20) as client, Client(worker.address) as w0:
+            pending = asyncio.ensure_future(
+                client.request("run-manual", {"jobs": [{"id": job, "target": "t"}]})
+            )
+            while not (await w0.request("status"))["running"]:
+                await asyncio.sleep(0.05)
+            worker.kill()
+            killed = time.monotonic()
+            return await pending, time.monotonic() - killed
+
+    reply, waited = asyncio.run(run())
+    assert reply["jobs"] == {}
+    assert reply["errors"] == {job: "w0: no answer: worker w0 left the registry"}
+    assert waited < 6 * INTERVAL
 
 
 def test_send_signal_reaches_the_worker_running_the_job(jobs, start_master, start_worker):
