@@ -46,6 +46,8 @@ log = logging.getLogger("jobd.master_link")
 MISSED_PINGS = 3
 #: Until the first reply tells the real interval, assume the master's default.
 DEFAULT_PING_INTERVAL = 5.0
+#: ZMTP heartbeat period on the connection to the master, in milliseconds.
+HEARTBEAT_MS = 2000
 #: Longest pause between registrations the master refused (conflict), in seconds.
 MAX_REFUSED_RETRY = 60.0
 
@@ -71,6 +73,10 @@ class MasterLink:
         # there, so a restarted master never receives stale replies meant for its
         # predecessor, and a request sent while disconnected waits (bounded by our timeout).
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        # ZMTP heartbeats: a connection that died silently (no RST) is dropped and redialled,
+        # and the reconnection registers again.  The master's libzmq answers them by itself.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
         self._monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
