@@ -105,6 +105,8 @@ def test_master_commands_in_both_output_modes(jobs, cluster):
     assert "remembered for the first that registers" in jobctl(*m, "poke", "zz").stdout
 
     # pause / continue fan out
+    assert jobctl_json(*m, "ping")["name"] == "jobd-master"
+    assert jobctl_json(*m, "pause", "a")["workers"] == {"w0": {"targets": ["a"]}}
     assert table_rows(jobctl(*m, "pause", "b").stdout)[1] == ["w1", "paused", "b"]
     assert w1.request("status")["targets"]["b"]["paused"] is True
     reply = jobctl_json(*m, "continue")
@@ -164,7 +166,10 @@ def test_worker_commands_in_both_output_modes(jobs, cluster):
     jobs.wait_done([job])
     assert jobctl_json(*w, "poll") == {"targets": ["a", "slow"]}
     assert jobctl(*w, "pause", "a").stdout == "paused: a\n"
+    assert jobctl_json(*w, "pause", "a") == {"targets": ["a"]}
     assert jobctl_json(*w, "continue", "a") == {"targets": ["a"]}
+    assert jobctl(*w, "continue").stdout == "continued: a, slow\n"
+    assert jobctl_json(*w, "ping")["name"] == "w0"
 
     assert jobctl(*w, "add-target", "c", "low=1", "high=3").stdout == (
         "target c: slots low=1,high=3\n"
