@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 
@@ -14,8 +14,11 @@ class Job:
     target: str
     slot: str
     priority: int = 0
+    _: KW_ONLY
     manual: bool = False
     attempts: int = 0  # runs started, this one included once it has started
+    #: Claimed straight to 'running' (it starts at once): no separate mark_running.
+    marked_running: bool = False
     data: str | None = None  # JSON given to the launcher on stdin
     callback_url: str | None = None
     schedule_id: int | None = None

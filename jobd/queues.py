@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from jobd.config import TargetConfig
 from jobd.jobs import Job
 
+#: "Soon": a slot may claim ahead the jobs it expects to start within this many seconds,
+#: judged by how long its recent jobs took.  Short jobs then never wait for a claim's
+#: round trip; long jobs are never claimed ahead, so no worker hoards them.
+PREFETCH_HORIZON = 0.1
+
 
 @dataclass
 class SlotQueue:
@@ -21,13 +26,33 @@ class SlotQueue:
     concurrency: int
     queued: list[tuple[tuple[int, int, int], Job]] = field(default_factory=list)
     running: set[int] = field(default_factory=set)
+    #: Moving average of recent job durations (seconds); None until one has finished.
+    mean_duration: float | None = None
 
     def push(self, job: Job) -> None:
         heapq.heappush(self.queued, (job.order_key(), job))
 
-    def room(self) -> int:
-        """How many more jobs this slot could take on now (queued ones count as taken)."""
+    def record_duration(self, seconds: float) -> None:
+        if self.mean_duration is None:
+            self.mean_duration = seconds
+        else:
+            self.mean_duration = 0.8 * self.mean_duration + 0.2 * seconds
+
+    def ahead(self) -> int:
+        """Jobs this slot may hold queued beyond its free places: as many as finish
+        within PREFETCH_HORIZON at the recent pace, at most one more round."""
+        if self.mean_duration is None:
+            return 0
+        pace = self.concurrency * PREFETCH_HORIZON / max(self.mean_duration, 1e-3)
+        return min(self.concurrency, int(pace))
+
+    def free(self) -> int:
+        """Places where a job could start right now."""
         return max(0, self.concurrency - len(self.running) - len(self.queued))
+
+    def room(self) -> int:
+        """How many more jobs this slot may take on (queued ones count as taken)."""
+        return max(0, self.concurrency + self.ahead() - len(self.running) - len(self.queued))
 
     def pop_startable(self, paused: bool) -> Iterator[Job]:
         """Jobs that may start now; when paused, only manual runs (an operator asked)."""

@@ -2,6 +2,7 @@
 over one named query of `Queries`.
 
     waiting --claim_jobs--> accepted --mark_running--> running --record_outcomes--> done
+    waiting --claim_jobs (a slot with a free place)---> running
                                                         running --record_outcomes--> waiting
                                                                   (a retry, with run_at)
     waiting --claim_jobs (slot not served)--> ignored
@@ -21,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobd.config import DatabaseURL
 from jobd.db import Database, StorageError
@@ -59,8 +61,14 @@ class Queries:
         " AND (COALESCE(slot, 'default') IN ({free}) OR COALESCE(slot, 'default') NOT IN ({known}))"
         " ORDER BY priority DESC, id LIMIT %s {lock}"
     )
+    # Rows that start at once go straight to 'running' (saving a statement and a round
+    # trip on the hot path); the others are 'accepted' and wait in their slot.
     accept = (
-        "UPDATE {t} SET status = 'accepted', worker = %s, time_claimed = %s WHERE id IN ({ids})"
+        "UPDATE {t} SET worker = %s, time_claimed = %s,"
+        " status = IF(id IN ({run}), 'running', 'accepted'),"
+        " time_started = IF(id IN ({run}), %s, time_started),"
+        " attempts = attempts + IF(id IN ({run}), 1, 0)"
+        " WHERE id IN ({ids})"
     )
     ignore = (
         "UPDATE {t} SET status = 'ignored', worker = %s, time_finished = %s,"
@@ -84,10 +92,16 @@ class Queries:
     )
     # The `status = 'running' AND worker = %s` guards make a repeated write (after a
     # lost acknowledgement) change nothing: no result is written twice.
+    # One statement for a batch of finished jobs: ELT(FIELD(id, ids...), values...)
+    # picks each row's own value.
     record_done = (
-        "UPDATE {t} SET status = 'done', result = %s, return_code = %s, sig = %s,"
-        " stdout = %s, stderr = %s, time_finished = %s"
-        " WHERE id = %s AND status = 'running' AND worker = %s"
+        "UPDATE {t} SET status = 'done', time_finished = %s,"
+        " result = ELT(FIELD(id, {ids}), {values}),"
+        " return_code = ELT(FIELD(id, {ids}), {values}),"
+        " sig = ELT(FIELD(id, {ids}), {values}),"
+        " stdout = ELT(FIELD(id, {ids}), {values}),"
+        " stderr = ELT(FIELD(id, {ids}), {values})"
+        " WHERE id IN ({ids}) AND status = 'running' AND worker = %s"
     )
     record_retry = (
         "UPDATE {t} SET status = 'waiting', result = NULL, return_code = NULL, sig = NULL,"
@@ -95,9 +109,12 @@ class Queries:
         " time_claimed = 0, attempt_log = CONCAT(COALESCE(attempt_log, ''), %s)"
         " WHERE id = %s AND status = 'running' AND worker = %s"
     )
+    # Also takes rows claimed straight to 'running' that never started.  MariaDB
+    # assigns left to right: `attempts` must be set while `status` is still the old one.
     release = (
-        "UPDATE {t} SET status = IF(status = 'accepted', 'waiting', status), worker = NULL,"
-        " time_claimed = 0 WHERE id IN ({ids}) AND status IN ('accepted', 'manual')"
+        "UPDATE {t} SET attempts = attempts - IF(status = 'running', 1, 0),"
+        " status = IF(status = 'manual', 'manual', 'waiting'), worker = NULL,"
+        " time_claimed = 0 WHERE id IN ({ids}) AND status IN ('accepted', 'manual', 'running')"
         " AND worker = %s"
     )
     next_due = (
@@ -128,6 +145,18 @@ class Queries:
     )
 
 
+#: Most output bytes in one batched UPDATE, well under max_allowed_packet (16 MiB).
+MAX_BATCH_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class SlotWant:
+    """What a claim may take for one slot."""
+
+    start: int  # rows that start at once (claimed straight to 'running')
+    room: int  # rows in all: those, and those that wait in the slot, soon to start
+
+
 @dataclass
 class Claim:
     """What one claim transaction took."""
@@ -153,8 +182,8 @@ class ManualRow:
 
     def job(self) -> Job:
         return Job(
-            self.id, self.target, self.slot, self.priority, True, self.attempts,
-            self.data, self.callback_url, self.schedule_id,
+            self.id, self.target, self.slot, self.priority, manual=True, attempts=self.attempts,
+            data=self.data, callback_url=self.callback_url, schedule_id=self.schedule_id,
         )  # fmt: skip
 
 
@@ -165,6 +194,20 @@ class Recovery:
     released: int  # accepted or reserved rows given back
     retried: list[int]  # running rows back to waiting
     failed: list[int]  # running rows settled as failed
+
+
+def _batches(done: list[tuple[int, Outcome]]) -> list[list[tuple[int, Outcome]]]:
+    """Split finished jobs so no single UPDATE carries more than MAX_BATCH_BYTES of output."""
+    batches: list[list[tuple[int, Outcome]]] = []
+    size = 0
+    for item in done:
+        weight = len(item[1].stdout) + len(item[1].stderr)
+        if not batches or (batches[-1] and size + weight > MAX_BATCH_BYTES):
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += weight
+    return batches
 
 
 class JobStore(Database):
@@ -198,17 +241,21 @@ class JobStore(Database):
 
     async def claim_jobs(
         self,
-        wanted: Mapping[str, Mapping[str, int]],
+        wanted: Mapping[str, Mapping[str, SlotWant]],
         known_slots: Mapping[str, Iterable[str]],
         limit: int,
     ) -> Claim:
-        """waiting -> accepted for at most `wanted[target][slot]` rows per slot, and
-        waiting -> ignored for rows of slots this worker does not have; one transaction."""
+        """waiting -> running for the first `start` rows of each slot, waiting -> accepted
+        for up to `room` in all, and waiting -> ignored for rows of slots this worker does
+        not have; one transaction."""
         claim = Claim()
         now = int(time.time())
         lock = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
         async with self._cursor(transaction=True) as cur:
-            for target, free in wanted.items():
+            run: list[int] = []
+            for target, slots in wanted.items():
+                free = {slot: want.room for slot, want in slots.items()}
+                start = {slot: want.start for slot, want in slots.items()}
                 free_slots = [s for s, n in free.items() if n > 0]
                 known = list(known_slots[target])
                 want = min(sum(free.values()), limit - len(claim.accepted))
@@ -231,15 +278,25 @@ class JobStore(Database):
                     elif room[slot] > 0 and want > 0:
                         room[slot] -= 1
                         want -= 1
-                        claim.accepted.append(
-                            Job(job_id, target, slot, priority, False, attempts, data,
-                                callback_url, schedule_id)
+                        job = Job(
+                            job_id, target, slot, priority, attempts=attempts, data=data,
+                            callback_url=callback_url, schedule_id=schedule_id,
                         )  # fmt: skip
+                        if start[slot] > 0:
+                            start[slot] -= 1
+                            job.marked_running = True
+                            job.attempts += 1
+                            run.append(job_id)
+                        claim.accepted.append(job)
                     else:
                         claim.full.add(target)  # rows left behind for a slot with no room
             if claim.accepted:
                 ids = [job.id for job in claim.accepted]
-                await cur.execute(self._sql(Queries.accept, ids=len(ids)), (self.worker, now, *ids))
+                run_ids = run or [0]  # ids start at 1: `IN (0)` matches nothing
+                await cur.execute(
+                    self._sql(Queries.accept, ids=len(ids), run=len(run_ids)),
+                    (self.worker, now, *run_ids, *run_ids, now, *run_ids, *ids),
+                )
             if claim.ignored:
                 await cur.execute(
                     self._sql(Queries.ignore, ids=len(claim.ignored)),
@@ -285,19 +342,24 @@ class JobStore(Database):
         """running -> done with the result and output, or running -> waiting for a retry;
         one transaction for the whole batch."""
         now = int(time.time())
-        done = [
-            (o.result, o.return_code, o.sig, o.stdout, o.stderr, now, job_id, self.worker)
-            for job_id, o, retry in outcomes
-            if retry is None
-        ]
+        done = [(job_id, o) for job_id, o, retry in outcomes if retry is None]
         retries = [
             (o.stdout, o.stderr, now, retry.run_at, retry.summary, job_id, self.worker)
             for job_id, o, retry in outcomes
             if retry is not None
         ]
-        async with self._cursor(transaction=True) as cur:
-            if done:
-                await cur.executemany(self._sql(Queries.record_done), done)
+        batches = _batches(done)
+        async with self._cursor(transaction=len(batches) + bool(retries) > 1) as cur:
+            for batch in batches:
+                ids = [job_id for job_id, _ in batch]
+                params: list[Any] = [now]
+                for column in ("result", "return_code", "sig", "stdout", "stderr"):
+                    params += ids
+                    params += [getattr(o, column) for _, o in batch]
+                await cur.execute(
+                    self._sql(Queries.record_done, ids=len(ids), values=len(ids)),
+                    (*params, *ids, self.worker),
+                )
             if retries:
                 await cur.executemany(self._sql(Queries.record_retry), retries)
 
@@ -317,8 +379,9 @@ class JobStore(Database):
             await cur.execute(self._sql(Queries.record_callback), (result[:255], job_id))
 
     async def release_jobs(self, ids: Sequence[int]) -> None:
-        """Jobs claimed or reserved by this worker that it will not start: accepted rows
-        go back to waiting, reserved manual rows stay manual and free."""
+        """Jobs claimed or reserved by this worker that it will not start (never started:
+        the caller's word): accepted rows go back to waiting, reserved manual rows stay
+        manual and free."""
         if ids:
             async with self._cursor() as cur:
                 await cur.execute(self._sql(Queries.release, ids=len(ids)), (*ids, self.worker))

@@ -36,12 +36,14 @@ from jobd.launcher import (
 )
 from jobd.protocol import ErrorCode, RequestError
 from jobd.queues import TargetQueue
-from jobd.storage import JobStore, ManualRow, StorageError
+from jobd.storage import JobStore, ManualRow, SlotWant, StorageError
 
 log = logging.getLogger("jobd.worker")
 
 #: Backoff between retries of a failed database operation, in seconds.
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
+#: Seconds the writer waits for more outcomes while other jobs run (see _writer_loop).
+WRITE_COALESCE = 0.005
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
 RESTART_KEYS = ("name", "listen", "master", "database", "table")
 
@@ -276,15 +278,15 @@ class Worker:
             await asyncio.sleep(self.config.poll_interval)
             self.poll(self.targets)
 
-    def _claim_wants(self) -> dict[str, dict[str, int]]:
+    def _claim_wants(self) -> dict[str, dict[str, SlotWant]]:
         wants = {}
         for name in self.wanted:
             target = self.targets.get(name)
-            if target is None:
+            if target is None or target.paused:
                 continue
-            room = target.room()
-            if not target.paused and any(room.values()):
-                wants[name] = room
+            slots = {s: SlotWant(q.free(), q.room()) for s, q in target.slots.items()}
+            if any(want.room for want in slots.values()):
+                wants[name] = slots
         return wants
 
     def _held_ids(self) -> list[int]:
@@ -376,13 +378,18 @@ class Worker:
             for slot in target.slots.values()
             for job in slot.pop_startable(target.paused)
         ]
-        if batch:
-            self._spawn(self._start_batch(batch))
+        for job in batch:
+            if job.marked_running:  # the claim marked it: start it now
+                self._spawn(self._run_job(job))
+        unmarked = [job for job in batch if not job.marked_running]
+        if unmarked:
+            self._spawn(self._start_batch(unmarked))
 
     async def _start_batch(self, batch: list[Job]) -> None:
         await self._persist("mark running", lambda: self.store.mark_running([j.id for j in batch]))
         for job in batch:
             job.attempts += 1
+            job.marked_running = True
             self._spawn(self._run_job(job))
 
     async def _run_job(self, job: Job) -> None:
@@ -425,14 +432,16 @@ class Worker:
                 job.id, job.target, job.slot, outcome.duration, outcome.result,
                 outcome.return_code, outcome.sig,
             )  # fmt: skip
-        self._free(job)
+        self._free(job, outcome.duration)
         self._outcomes.put_nowait((job, outcome))
 
-    def _free(self, job: Job) -> None:
+    def _free(self, job: Job, duration: float) -> None:
         target = self.targets.get(job.target)
         slot = target.slots.get(job.slot) if target else None
         if slot is not None:
             slot.running.discard(job.id)
+            slot.record_duration(duration)
+        self._start_ready()  # a job claimed ahead starts now, not after the next claim
         self._wake.set()
 
     # --- writing ------------------------------------------------------------------
@@ -468,6 +477,10 @@ class Worker:
         in one transaction."""
         while True:
             batch = [await self._outcomes.get()]
+            if self.running:
+                # Jobs are still running: give them a moment to finish, so one UPDATE
+                # carries several outcomes.  An idle worker writes at once.
+                await asyncio.sleep(WRITE_COALESCE)
             while not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
             rows = [(job.id, outcome, self._retry_for(job, outcome)) for job, outcome in batch]

@@ -120,3 +120,13 @@ def test_target_queue_reconfigure_keeps_running_and_returns_queued_of_removed_sl
     assert target.concurrency() == {"a": 3}
     assert target.slots["a"].running == {7}
     assert target.options.timeout == 9
+
+
+def test_slots_claim_ahead_only_jobs_that_start_soon():
+    slot = SlotQueue(concurrency=4)
+    assert (slot.ahead(), slot.room()) == (0, 4)  # nothing known yet: no claiming ahead
+    slot.record_duration(0.002)  # short jobs: up to one more round is claimed ahead
+    assert (slot.ahead(), slot.room()) == (4, 8)
+    for _ in range(30):
+        slot.record_duration(2.0)  # long jobs: nothing ahead, no hoarding
+    assert (slot.ahead(), slot.room(), slot.free()) == (0, 4, 4)
