@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -22,6 +23,12 @@ from jobd import protocol
 from jobd.protocol import ErrorCode, RequestError, RequestType
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+#: The envelope (ROUTER routing frames) of the request a handler is answering: set by
+#: the endpoint right before it starts the handler's task, which copies the context.
+request_envelope: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
+    "request_envelope", default=()
+)
 #: Called with the envelope (ROUTER identity frames) of each incoming request.
 PeerHook = Callable[[Sequence[bytes]], None]
 
@@ -74,12 +81,15 @@ class Endpoint:
         dispatcher: Dispatcher | None,
         log: logging.Logger,
         on_request: PeerHook | None = None,
+        first_number: int = 1,
     ) -> None:
         self.sock = sock
         self.dispatcher = dispatcher
         self.log = log
         self.on_request = on_request
-        self._numbers = itertools.count(1)
+        # A daemon that restarts may start its numbering elsewhere, so a late reply meant
+        # for its previous life never matches one of its new requests.
+        self._numbers = itertools.count(first_number)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -125,6 +135,7 @@ class Endpoint:
             return  # a plain client does not answer requests
         if self.on_request is not None:
             self.on_request(envelope)
+        request_envelope.set(tuple(envelope))
         self._spawn(self._answer(envelope, message))
 
     async def _answer(self, envelope: list[bytes], message: Any) -> None:

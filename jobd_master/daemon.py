@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import signal
@@ -33,11 +32,10 @@ async def run_master(config: MasterConfig) -> int:
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     master = Master(config)
     dispatcher = Dispatcher(protocol.MASTER_REQUESTS, master.handlers, log)
-    endpoint = Endpoint(sock, dispatcher, log, on_request=master.note_envelope)
+    endpoint = Endpoint(sock, dispatcher, log, first_number=secrets.randbelow(1 << 48) + 1)
     # Request numbers start at a random point: a worker may send a late reply to a request
     # of a previous master process (a run-manual that outlived it), which must not be taken
     # for the answer to one of ours.  (rpc.Endpoint has no parameter for it yet.)
-    endpoint._numbers = itertools.count(secrets.randbelow(1 << 48) + 1)
     endpoint.start()
     master.start(endpoint)
     log.info(

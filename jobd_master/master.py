@@ -11,17 +11,16 @@ workers themselves (see `handle_send_signal`), so the master holds no credential
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from jobd import __version__
 from jobd.config import MasterConfig
 from jobd.protocol import ErrorCode, RequestError
-from jobd.rpc import Endpoint, NoAnswer
+from jobd.rpc import Endpoint, NoAnswer, request_envelope
 from jobd.worker import rss_bytes
 from jobd_master.polls import PollFlow
 from jobd_master.registry import Envelope, Registry, WorkerEntry
@@ -36,11 +35,6 @@ QUICK_TIMEOUT = 2.0
 POLL_TIMEOUT = 1.0
 #: Pokes for targets nobody serves are remembered up to this many targets.
 MAX_REMEMBERED = 10_000
-
-#: The envelope of the request being handled.  The endpoint's on_request hook sets it
-#: right before it spawns the handler's task, and a task copies the context it was
-#: created in, so each handler sees its own request's envelope.
-current_envelope: contextvars.ContextVar[Envelope] = contextvars.ContextVar("current_envelope")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -87,10 +81,6 @@ class Master:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for name in list(self.polls):
             await self._drop(name, "the master is stopping", level=logging.DEBUG)
-
-    def note_envelope(self, envelope: Sequence[bytes]) -> None:
-        """Endpoint hook, called for each incoming request before its handler task starts."""
-        current_envelope.set(tuple(envelope))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -231,7 +221,7 @@ class Master:
         return {"name": "jobd-master", "version": __version__}
 
     async def handle_register_worker(self, data: dict[str, Any]) -> Any:
-        envelope = current_envelope.get()
+        envelope = request_envelope.get()
         name = data["name"]
         async with self._registering:
             worker = self.registry.get(name)
@@ -276,7 +266,7 @@ class Master:
 
     async def handle_unregister_worker(self, data: dict[str, Any]) -> Any:
         worker = self.registry.get(data["name"])
-        if worker is None or worker.envelope != current_envelope.get():
+        if worker is None or worker.envelope != request_envelope.get():
             raise RequestError(
                 ErrorCode.NOT_FOUND, f"worker {data['name']} is not registered on this connection"
             )

@@ -22,6 +22,9 @@ else
   export JOBD_TEST_DATABASE_URL=$LOCAL_SERVER_URL
 fi
 
+# The systemd tests verify the unit files with systemd-analyze (Debian's systemd).
+command -v systemd-analyze >/dev/null || apt_install systemd
+
 step "ruff check ."
 "$VENV/bin/ruff" check .
 step "ruff format --check ."
