@@ -18,7 +18,10 @@ import click
 
 from jobctl import render, settings
 from jobctl.connection import MASTER, WORKER, Daemon
+from jobctl.keygen import keygen
+from jobctl.recover import recover
 from jobd import __version__
+from jobd.config import DATABASE_URL_ENV
 
 #: `--master`/`--worker` given without an address.
 _DEFAULT_ADDRESS = ""
@@ -68,6 +71,23 @@ def normalize_args(args: Sequence[str], commands: Iterable[str]) -> list[str]:
     "--config", "config_path", default=None, metavar="PATH",
     help=f"Defaults file (default {settings.DEFAULT_PATH}, if it exists).",
 )  # fmt: skip
+@click.option(
+    "--database", "database", default=None, metavar="URL",
+    help="mysql://USER:PASSWORD@HOST:PORT/DB for the commands that use the jobs table "
+    f"(default: ${DATABASE_URL_ENV}, else database: of the defaults file).",
+)  # fmt: skip
+@click.option(
+    "--table", default=None, metavar="NAME",
+    help=f"The jobs table (default: table: of the defaults file, else {settings.DEFAULT_TABLE}).",
+)  # fmt: skip
+@click.option(
+    "--key", "key_file", default=None, metavar="FILE",
+    help="CURVE: jobctl's key pair (a .key_secret file; see keygen).",
+)  # fmt: skip
+@click.option(
+    "--server-key", "server_key_file", default=None, metavar="FILE",
+    help="CURVE: the daemon's public key (its .key file).",
+)  # fmt: skip
 @click.version_option(__version__, prog_name="jobctl")
 @click.pass_context
 def main(
@@ -77,6 +97,10 @@ def main(
     as_json: bool,
     timeout: float | None,
     config_path: str | None,
+    database: str | None,
+    table: str | None,
+    key_file: str | None,
+    server_key_file: str | None,
 ) -> None:
     """Control jobd workers and jobd-master.
 
@@ -91,7 +115,17 @@ def main(
         kind, given, default = MASTER, master, defaults.master
     address = settings.address(given, f"--{kind}") if given else default
     wait = settings.timeout(timeout, "--timeout") if timeout is not None else defaults.timeout
-    ctx.obj = Daemon(kind, address, wait, as_json)
+    ctx.obj = Daemon(
+        kind, address, wait, as_json,
+        curve_files=settings.curve_files(key_file, server_key_file, defaults, kind),
+        database_option=database,
+        table=settings.table(table, "--table") if table is not None else defaults.table,
+        defaults=defaults,
+    )  # fmt: skip
+
+
+main.add_command(recover)
+main.add_command(keygen)
 
 
 def _targets(targets: Sequence[str]) -> dict[str, Any]:

@@ -6,14 +6,18 @@ and the exit statuses.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
-from jobd.client import NoAnswer, RequestError, call
+from jobctl import settings
+from jobd.client import ClientCurve, NoAnswer, RequestError, call
+from jobd.config import DatabaseURL
+from jobd.curve import CurveError
 from jobd.protocol import MASTER_REQUESTS, WORKER_REQUESTS, RequestType
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -33,6 +37,28 @@ class Daemon:
     address: str
     timeout: float
     json: bool
+    #: CURVE: (jobctl's key pair file, the daemon's public key file); None: plain text.
+    curve_files: tuple[str, str] | None = None
+    #: For the commands that use the jobs table: --database as given (see database_url),
+    #: --table (or the defaults file's), and the defaults file.
+    database_option: str | None = None
+    table: str = settings.DEFAULT_TABLE
+    defaults: settings.Settings = field(default_factory=settings.Settings)
+
+    @functools.cached_property
+    def curve(self) -> ClientCurve | None:
+        """The keys of curve_files, read when first needed (so keygen works before the
+        files exist); an unusable file is a usage error."""
+        if self.curve_files is None:
+            return None
+        try:
+            return ClientCurve.load(*self.curve_files)
+        except CurveError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    def database_url(self) -> DatabaseURL:
+        """--database, else JOBD_DATABASE_URL, else the defaults file; a usage error if none."""
+        return settings.database_url(self.database_option, self.defaults)
 
     def require(self, kind: str, command: str, hint: str = "") -> None:
         """A usage error unless this command is for the chosen kind of daemon."""
@@ -47,7 +73,9 @@ class Daemon:
         """Validate with the shared request table (a usage error), send, return the reply."""
         self.validate(type_, data)
         try:
-            return call(self.address, type_, data, timeout or self.timeout, TABLES[self.kind])
+            return call(
+                self.address, type_, data, timeout or self.timeout, TABLES[self.kind], self.curve
+            )
         except NoAnswer as exc:
             fail(str(exc), EXIT_NO_ANSWER)
         except RequestError as exc:

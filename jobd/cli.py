@@ -9,7 +9,7 @@ import click
 
 from jobd import __version__
 from jobd.config import DEFAULT_WORKER_CONFIG, ConfigError, load_worker_config
-from jobd.daemon import StartupError, connect_store, run_worker
+from jobd.daemon import StartupError, connect_store, load_curve, run_worker
 from jobd.logs import setup_logging
 
 #: Exit status for a configuration or setup the worker cannot run with.
@@ -46,5 +46,6 @@ def main(config_path: str, check: bool) -> None:
 
 
 async def _check(config) -> None:  # type: ignore[no-untyped-def]
+    load_curve(config)  # the key files are readable and hold keys
     store = await connect_store(config, retry=False)
     await store.close()

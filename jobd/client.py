@@ -21,27 +21,34 @@ import zmq
 import zmq.asyncio
 
 from jobd import protocol
+from jobd.curve import ClientCurve, make_client
 from jobd.protocol import RequestError, RequestType
 from jobd.rpc import Endpoint, NoAnswer, configure_socket
 
-__all__ = ["Client", "NoAnswer", "RequestError", "call"]
+__all__ = ["Client", "ClientCurve", "NoAnswer", "RequestError", "call"]
 
 DEFAULT_TIMEOUT = 5.0
 log = logging.getLogger("jobd.client")
 
 
 class Client:
-    """A DEALER connection to one daemon."""
+    """A DEALER connection to one daemon.
+
+    `curve`: for a daemon with CURVE keys, this client's key pair and the daemon's public
+    key, `ClientCurve.load("ops.key_secret", "master.key")` (docs/curve.md).  A daemon
+    that does not let the key in never answers: requests end in NoAnswer."""
 
     def __init__(
         self,
         address: str,
         timeout: float = DEFAULT_TIMEOUT,
         table: Mapping[str, RequestType] | None = None,
+        curve: ClientCurve | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.table = table
+        self.curve = curve
         self._ctx: zmq.asyncio.Context | None = None
         self._endpoint: Endpoint | None = None
 
@@ -49,6 +56,8 @@ class Client:
         self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.DEALER)
         configure_socket(sock, max_message_size=-1)  # replies may be large (job output)
+        if self.curve is not None:
+            make_client(sock, self.curve)
         sock.connect(self.address)
         self._endpoint = Endpoint(sock, None, log)
         self._endpoint.start()
@@ -99,11 +108,12 @@ def call(
     data: Mapping[str, Any] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     table: Mapping[str, RequestType] | None = None,
+    curve: ClientCurve | None = None,
 ) -> Any:
     """Blocking form of Client.request for scripts and the CLI."""
 
     async def once() -> Any:
-        async with Client(address, timeout, table) as client:
+        async with Client(address, timeout, table, curve) as client:
             return await client.request(type_, data)
 
     return asyncio.run(once())

@@ -7,6 +7,7 @@ nothing of ours, so it duplicates the two name patterns of the protocol on purpo
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -121,6 +122,20 @@ class CallbackConfig:
 
 
 @dataclass(frozen=True)
+class CurveConfig:
+    """Paths of the CURVE keys (docs/curve.md); all None: CURVE is off.  The keys
+    themselves are read by jobd.curve when the daemon starts, never kept here."""
+
+    secret_key_file: str | None = None  # this daemon's key pair (.key_secret)
+    authorized_keys: str | None = None  # directory of the allowed peers' public .key files
+    server_key_file: str | None = None  # worker only: the master's public key
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret_key_file is not None
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     path: str
     name: str
@@ -138,6 +153,8 @@ class WorkerConfig:
     shutdown_timeout: float = 30.0
     callbacks: CallbackConfig = field(default_factory=lambda: CallbackConfig())
     scheduler: bool = False  # run the schedules here too (the master runs them anyway)
+    curve: CurveConfig = field(default_factory=CurveConfig)
+    allow_insecure: bool = False  # plain text on a non-loopback address
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,8 @@ class MasterConfig:
     listen: str
     ping_interval: float
     log_level: str
+    curve: CurveConfig = field(default_factory=CurveConfig)
+    allow_insecure: bool = False
 
 
 # --- reading --------------------------------------------------------------------
@@ -346,6 +365,64 @@ def _callbacks(reader: _Reader) -> CallbackConfig:
     return config
 
 
+def _curve(reader: _Reader, master: str | None = None, worker: bool = False) -> CurveConfig:
+    """The `curve:` section; `master` is the worker's master address (it needs the
+    master's public key), `worker` allows `server_key_file` at all."""
+    section = reader.section("curve")
+
+    def path(name: str) -> str | None:
+        # Relative to the config file, so keys can sit next to it.
+        value = section.string(name)
+        return None if value is None else str(Path(reader.path).parent / os.path.expanduser(value))
+
+    curve = CurveConfig(
+        secret_key_file=path("secret_key_file"),
+        authorized_keys=path("authorized_keys"),
+        server_key_file=path("server_key_file") if worker else None,
+    )
+    section.finish()
+    given = [k for k, v in vars(curve).items() if v is not None]
+    if given and curve.secret_key_file is None:
+        raise section.error(section.key("secret_key_file"), f"required with {given[0]}")
+    if curve.enabled and curve.authorized_keys is None:
+        raise section.error(
+            section.key("authorized_keys"),
+            "required with secret_key_file (the directory of the public keys let in)",
+        )
+    if curve.enabled and master is not None and curve.server_key_file is None:
+        raise section.error(
+            section.key("server_key_file"), "required with master: (the master's public key)"
+        )
+    return curve
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a bind address is reachable from this host only: ipc:// and inproc://
+    always; tcp:// for a loopback IP, `localhost` or `lo`.  Anything else (`*`, another
+    interface, a host name) counts as reachable from the network."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", "lo"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(reader: _Reader, key: str, endpoint: str, curve: CurveConfig) -> None:
+    """Refuse to serve plain text beyond this host unless `allow_insecure: true`."""
+    if curve.enabled or is_loopback(endpoint) or reader.boolean("allow_insecure", False):
+        return
+    raise reader.error(
+        key,
+        f"{endpoint} can be reached from other hosts, and without CURVE keys anyone who can "
+        "reach it could send requests and read the traffic: configure curve: (see "
+        "docs/curve.md) or set allow_insecure: true",
+    )
+
+
 def load_worker_config(path: str) -> WorkerConfig:
     reader = _Reader(path, _load_yaml(path))
     name = reader.matching(
@@ -373,7 +450,10 @@ def load_worker_config(path: str) -> WorkerConfig:
         shutdown_timeout=reader.number("shutdown_timeout", 30.0, 0.0),
         callbacks=_callbacks(reader),
         scheduler=reader.boolean("scheduler", False),
+        curve=_curve(reader, reader.data.get("master"), worker=True),
+        allow_insecure=reader.boolean("allow_insecure", False),
     )
+    _check_exposure(reader, "listen", config.listen, config.curve)
     reader.finish()
     return config
 
@@ -387,6 +467,9 @@ def load_master_config(path: str) -> MasterConfig:
         ),
         ping_interval=reader.number("ping_interval", 5.0, 0.05),
         log_level=_log_level(reader),
+        curve=_curve(reader),
+        allow_insecure=reader.boolean("allow_insecure", False),
     )
+    _check_exposure(reader, "listen", config.listen, config.curve)
     reader.finish()
     return config

@@ -13,6 +13,7 @@ import zmq.asyncio
 
 from jobd import __version__, protocol
 from jobd.config import ConfigError, WorkerConfig, load_worker_config
+from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
 from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
@@ -45,9 +46,12 @@ def watchdog() -> asyncio.Task[None] | None:
     return asyncio.create_task(ping(), name="watchdog")
 
 
-def reload_worker(worker: Worker) -> None:
+def reload_worker(worker: Worker, auth: Authenticator | None = None) -> None:
     """SIGHUP (systemctl reload): re-read the config and apply it; an invalid config, or
-    one that changes what needs a restart, is refused and the running one stays."""
+    one that changes what needs a restart, is refused and the running one stays.  The
+    CURVE authorized keys are read again either way (key rotation)."""
+    if auth is not None:
+        auth.reload()
     try:
         new = load_worker_config(worker.config.path)
         worker.apply_config(new)
@@ -93,12 +97,26 @@ async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
             raise
 
 
+def load_curve(config: WorkerConfig) -> DaemonCurve | None:
+    """The worker's CURVE keys (None: off); StartupError for a key file it cannot use."""
+    try:
+        return load_daemon_curve(config.curve)
+    except CurveError as exc:
+        raise StartupError(f"curve: {exc}") from None
+
+
 async def run_worker(config: WorkerConfig) -> int:
     use_pidfd_child_watcher()
+    curve = load_curve(config)
     ctx = zmq.asyncio.Context()
+    auth = Authenticator(ctx, curve.authorized_keys) if curve else None
+    if auth is not None:
+        auth.start()  # before the socket exists, so no handshake goes unchecked
     try:
-        sock = bind_router(ctx, config.listen)
+        sock = bind_router(ctx, config.listen, curve.keys if curve else None)
     except zmq.ZMQError as exc:
+        if auth is not None:
+            auth.stop()
         ctx.term()
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     store = await connect_store(config, retry=True)
@@ -107,13 +125,14 @@ async def run_worker(config: WorkerConfig) -> int:
     endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
     endpoint.start()
     worker.start()
-    link = MasterLink(worker, config.master, ctx) if config.master else None
+    master_curve = curve.master if curve else None
+    link = MasterLink(worker, config.master, ctx, master_curve) if config.master else None
     if link is not None:
         link.start()
     log.info(
-        "jobd %s worker %s listening on %s, database %s, targets %s",
-        __version__, config.name, config.listen, config.database.redacted(),
-        ", ".join(config.targets) or "none",
+        "jobd %s worker %s listening on %s%s, database %s, targets %s",
+        __version__, config.name, config.listen, " (CURVE)" if curve else "",
+        config.database.redacted(), ", ".join(config.targets) or "none",
     )  # fmt: skip
     notify_systemd("READY=1")
     watchdog_task = watchdog()
@@ -135,7 +154,7 @@ async def run_worker(config: WorkerConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, reload_worker, worker)
+    loop.add_signal_handler(signal.SIGHUP, reload_worker, worker, auth)
     worker.on_crash = stop.set
     await stop.wait()
     notify_systemd("STOPPING=1")
@@ -146,6 +165,8 @@ async def run_worker(config: WorkerConfig) -> int:
         watchdog_task.cancel()
     await endpoint.close()
     await store.close()
+    if auth is not None:
+        auth.stop()
     ctx.term()
     log.info("stopped")
     return 1 if worker.crashed else 0

@@ -35,6 +35,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from jobd import protocol
+from jobd.curve import ClientCurve, make_client
 from jobd.protocol import RequestError
 from jobd.rpc import Dispatcher, Endpoint, NoAnswer, configure_socket
 from jobd.worker import Worker
@@ -50,6 +51,20 @@ DEFAULT_PING_INTERVAL = 5.0
 HEARTBEAT_MS = 2000
 #: Longest pause between registrations the master refused (conflict), in seconds.
 MAX_REFUSED_RETRY = 60.0
+#: Monitor events of a handshake that failed (CURVE keys refused, mechanism mismatch).
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def _reason(event: dict[str, Any]) -> str:
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"our key was not accepted (ZAP status {event['value']})"
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return "protocol error: are CURVE keys configured on one side only?"
+    return "no detail: a wrong server key, or CURVE on one side only"
 
 
 def routing_id(name: str) -> bytes:
@@ -58,7 +73,13 @@ def routing_id(name: str) -> bytes:
 
 
 class MasterLink:
-    def __init__(self, worker: Worker, address: str, ctx: zmq.asyncio.Context) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        address: str,
+        ctx: zmq.asyncio.Context,
+        curve: ClientCurve | None = None,
+    ) -> None:
         self.worker = worker
         self.address = address
         self.name = worker.config.name
@@ -77,9 +98,14 @@ class MasterLink:
         # and the reconnection registers again.  The master's libzmq answers them by itself.
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
+        if curve is not None:
+            # The master proves itself with the secret of curve.server_public, and lets
+            # us in only if our public key is among its authorized keys.
+            make_client(sock, curve)
         self._monitor = sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED
         )
+        self._handshake_failed = False
         self.connected = False
         sock.connect(address)
         dispatcher = Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log)
@@ -196,8 +222,17 @@ class MasterLink:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected = False
+            elif event["event"] & HANDSHAKE_FAILED:
+                # Once per run of failures: libzmq redials every 100 ms.
+                if not self._handshake_failed:
+                    log.error(
+                        "the master %s refused the connection (security handshake failed: %s);"
+                        " check the curve keys on both sides", self.address, _reason(event),
+                    )  # fmt: skip
+                self._handshake_failed = True
             elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected = True
+                self._handshake_failed = False
                 if first:
                     first = False  # the initial registration is already under way
                     continue

@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from jobd import protocol
+from jobd.curve import KeyPair, make_server
 from jobd.protocol import ErrorCode, RequestError, RequestType
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -204,11 +205,16 @@ def _hashable(value: Any) -> bool:
     return isinstance(value, int | str | None)
 
 
-def bind_router(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
-    """A ROUTER socket bound at `endpoint`; raises zmq.ZMQError if it cannot bind."""
+def bind_router(
+    ctx: zmq.asyncio.Context, endpoint: str, curve: KeyPair | None = None
+) -> zmq.asyncio.Socket:
+    """A ROUTER socket bound at `endpoint`, a CURVE server with `curve` (the context's
+    authenticator decides who may connect); raises zmq.ZMQError if it cannot bind."""
     sock = ctx.socket(zmq.ROUTER)
     configure_socket(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    if curve is not None:
+        make_server(sock, curve)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import signal
@@ -12,6 +13,7 @@ import zmq.asyncio
 
 from jobd import __version__, protocol
 from jobd.config import ConfigError, MasterConfig, load_master_config
+from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
 from jobd.daemon import notify_systemd, watchdog
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd_master.master import Master
@@ -23,11 +25,26 @@ class StartupError(Exception):
     """The master cannot run with this setup (exit status 2)."""
 
 
-async def run_master(config: MasterConfig) -> int:
-    ctx = zmq.asyncio.Context()
+def load_curve(config: MasterConfig) -> DaemonCurve | None:
+    """The master's CURVE keys (None: off); StartupError for a key file it cannot use."""
     try:
-        sock = bind_router(ctx, config.listen)
+        return load_daemon_curve(config.curve)
+    except CurveError as exc:
+        raise StartupError(f"curve: {exc}") from None
+
+
+async def run_master(config: MasterConfig) -> int:
+    curve = load_curve(config)
+    ctx = zmq.asyncio.Context()
+    # One authenticator for the context: workers and clients alike need an authorized key.
+    auth = Authenticator(ctx, curve.authorized_keys) if curve else None
+    if auth is not None:
+        auth.start()
+    try:
+        sock = bind_router(ctx, config.listen, curve.keys if curve else None)
     except zmq.ZMQError as exc:
+        if auth is not None:
+            auth.stop()
         ctx.term()
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     master = Master(config)
@@ -39,8 +56,8 @@ async def run_master(config: MasterConfig) -> int:
     endpoint.start()
     master.start(endpoint)
     log.info(
-        "jobd-master %s listening on %s, ping interval %g s",
-        __version__, config.listen, config.ping_interval,
+        "jobd-master %s listening on %s%s, ping interval %g s",
+        __version__, config.listen, " (CURVE)" if curve else "", config.ping_interval,
     )  # fmt: skip
     notify_systemd("READY=1")
     watchdog_task = watchdog()
@@ -49,7 +66,7 @@ async def run_master(config: MasterConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload, master)
+    loop.add_signal_handler(signal.SIGHUP, reload, master, auth)
     await stop.wait()
     log.info("stopping")
     notify_systemd("STOPPING=1")
@@ -57,22 +74,28 @@ async def run_master(config: MasterConfig) -> int:
         watchdog_task.cancel()
     await master.stop()
     await endpoint.close()
+    if auth is not None:
+        auth.stop()
     ctx.term()
     log.info("stopped")
     return 0
 
 
-def reload(master: Master) -> None:
-    """SIGHUP: take the new log level and ping interval; `listen` needs a restart."""
+def reload(master: Master, auth: Authenticator | None = None) -> None:
+    """SIGHUP: take the new log level and ping interval, and read the CURVE authorized
+    keys again; `listen` and `curve` need a restart."""
+    if auth is not None:
+        auth.reload()
     try:
         config = load_master_config(master.config.path)
     except ConfigError as exc:
         log.error("reload failed, keeping the running config: %s", exc)
         return
-    if config.listen != master.config.listen:
-        log.warning("reload: a new listen address takes effect at the next restart")
-        config = MasterConfig(config.path, master.config.listen, config.ping_interval,
-                              config.log_level)  # fmt: skip
+    for key in ("listen", "curve", "allow_insecure"):
+        if getattr(config, key) != getattr(master.config, key):
+            what = "listen address" if key == "listen" else key
+            log.warning("reload: a new %s takes effect at the next restart", what)
+            config = dataclasses.replace(config, **{key: getattr(master.config, key)})
     logging.getLogger().setLevel(config.log_level.upper())
     # Workers learn a new interval when they register again; one that expects the old,
     # shorter interval just registers again early.
