@@ -162,6 +162,8 @@ class Daemon:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
+    #: jobd.curve.ClientCurve for a daemon with CURVE keys (readiness checks, request).
+    curve: Any = None
 
     def start(self, wait: bool = True) -> Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
@@ -178,7 +180,7 @@ class Daemon:
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log()}")
             try:
-                call(self.address, "ping", timeout=0.5)
+                call(self.address, "ping", timeout=0.5, curve=self.curve)
                 return True
             except NoAnswer:
                 return False
@@ -186,7 +188,7 @@ class Daemon:
         wait_for(answers, timeout, f"{self.address} to answer")
 
     def request(self, type_: str, data: dict[str, Any] | None = None, timeout: float = 10.0):
-        return call(self.address, type_, data, timeout=timeout)
+        return call(self.address, type_, data, timeout=timeout, curve=self.curve)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

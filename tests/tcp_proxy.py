@@ -10,11 +10,14 @@ import threading
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target address; `cut()` drops every connection and
-    refuses new ones until `restore()`."""
+    refuses new ones until `restore()`.  With `capture`, every byte relayed (both
+    directions) is kept in `captured`, as an eavesdropper on the wire would see it."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], capture: bool = False) -> None:
         self.target = target
         self.port = 0
+        self.capture = capture
+        self.captured = bytearray()
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -71,6 +74,9 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
+                    if self.capture:
+                        with self._lock:
+                            self.captured += data
                     peers[sock].sendall(data)
         except (OSError, ValueError):
             return

@@ -1,0 +1,319 @@
+"""CURVE on every socket, against real daemons: allowed keys get answers, any other key
+(or none) gets nothing; workers and the master authenticate each other; an eavesdropper
+sees no plain text; a daemon without keys refuses a non-loopback address unless
+allow_insecure; authorized keys are read again on SIGHUP."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+import zmq.auth
+from click.testing import CliRunner, Result
+
+from jobctl.cli import main
+from jobd.client import ClientCurve, NoAnswer, call
+
+from conftest import free_port, wait_for
+from tcp_proxy import TcpProxy
+
+#: A target name that must never show on the wire in plain text when CURVE is on.
+MARKER = "zq7marker9"
+
+
+@dataclass
+class Keys:
+    dir: Path
+
+    def pair(self, name: str) -> str:
+        return str(self.dir / f"{name}.key_secret")
+
+    def public(self, name: str) -> str:
+        return str(self.dir / f"{name}.key")
+
+    def client(self, name: str, server: str) -> ClientCurve:
+        return ClientCurve.load(self.pair(name), self.public(server))
+
+    def authorize(self, folder: str, *names: str) -> str:
+        path = self.dir / folder
+        path.mkdir(exist_ok=True)
+        for name in names:
+            (path / f"{name}.key").write_bytes(Path(self.public(name)).read_bytes())
+        return str(path)
+
+    def server_config(self, name: str, folder: str, **extra: str) -> dict[str, Any]:
+        return {"secret_key_file": self.pair(name), "authorized_keys": folder, **extra}
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    """Key pairs of a master, workers w0 and w1, an operator and an intruder; the master
+    lets in w0 and the operator (not w1, not the intruder), the workers the operator."""
+    k = Keys(tmp_path / "keys")
+    k.dir.mkdir()
+    for name in ("master", "w0", "w1", "ops", "intruder"):
+        zmq.auth.create_certificates(k.dir, name)
+    k.authorize("master-allows", "w0", "ops")
+    k.authorize("workers-allow", "ops")
+    return k
+
+
+def jobctl(*args: Any, status: int = 0) -> Result:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == status, (
+        f"jobctl {' '.join(map(str, args))} exited {result.exit_code}, not {status}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
+    )
+    return result
+
+
+def curve_master(start_master, keys: Keys, **config: Any):
+    master = start_master(
+        wait=False, curve=keys.server_config("master", str(keys.dir / "master-allows")), **config
+    )
+    master.curve = keys.client("ops", "master")
+    master.wait_ready()
+    return master
+
+
+def curve_worker(start_worker, keys: Keys, name: str, master: str | None = None, **config: Any):
+    """A worker with CURVE keys; `master` is the address of its master, if any."""
+    extra = {"server_key_file": keys.public("master")} if master is not None else {}
+    curve = keys.server_config(name, str(keys.dir / "workers-allow"), **extra)
+    worker = start_worker(name=name, curve=curve, master=master, wait=False, **config)
+    worker.curve = keys.client("ops", name)
+    worker.wait_ready()
+    return worker
+
+
+def test_only_clients_with_an_authorized_key_get_answers(start_master, keys: Keys):
+    master = curve_master(start_master, keys)
+    assert master.request("ping")["name"] == "jobd-master"  # ops, an authorized key
+
+    for curve in (
+        keys.client("intruder", "master"),  # a key the master does not know
+        keys.client("w1", "master"),  # a real worker's key, but not authorized
+        keys.client("ops", "w0"),  # an allowed key, but a wrong idea of the server key
+        None,  # no CURVE at all
+    ):
+        with pytest.raises(NoAnswer):
+            call(master.address, "ping", timeout=0.5, curve=curve)
+
+    m = ["--timeout", 1, "--master", master.address]
+    out = jobctl(*m, "--key", keys.pair("ops"), "--server-key", keys.public("master"), "ping")
+    assert "jobd-master" in out.stdout
+    denied = jobctl(
+        *m, "--key", keys.pair("intruder"), "--server-key", keys.public("master"), "ping",
+        status=3,
+    )  # fmt: skip
+    assert f"no answer from {master.address} within 1 s" in denied.stderr
+    jobctl(*m, "ping", status=3)  # plain text to a CURVE master: no answer either
+    usage = jobctl(*m, "--key", keys.pair("ops"), "ping", status=2)
+    assert "CURVE needs both keys: --server-key" in usage.stderr
+    usage = jobctl(*m, "--key", keys.public("ops"), "--server-key", keys.public("master"),
+                   "ping", status=2)  # fmt: skip
+    assert "no valid secret key in it" in usage.stderr
+
+    # The keys may come from the defaults file, relative to it.
+    defaults = keys.dir / "jobctl.yaml"
+    settings = {"master": master.address, "key": "ops.key_secret"}
+    defaults.write_text(yaml.safe_dump({**settings, "master_server_key": "master.key"}))
+    assert "jobd-master" in jobctl("--config", defaults, "ping").stdout
+    assert "ALLOWED (CURVE)" not in master.log()  # the ZAP handler logs at debug only
+
+
+def test_workers_and_master_authenticate_each_other(jobs, start_master, start_worker, keys):
+    master = curve_master(start_master, keys)
+    w0 = curve_worker(start_worker, keys, "w0", master.address, targets={"t": 1})
+    wait_for(lambda: "w0" in master.request("status")["workers"], 5, "w0 registered")
+
+    # Through the master over CURVE: a poke reaches w0, which runs the job.
+    (job,) = jobs.insert("t")
+    auth = ["--key", keys.pair("ops"), "--server-key", keys.public("master")]
+    assert "poll sent" in jobctl("--master", master.address, *auth, "poke", "t").stdout
+    assert jobs.wait_done([job])[0]["result"] == "ok"
+    # The worker's own socket is a CURVE server too.
+    assert w0.request("status")["name"] == "w0"
+    with pytest.raises(NoAnswer):
+        call(w0.address, "ping", timeout=0.5)
+
+    # w1's key is not among the master's authorized keys: it never registers, and says why.
+    w1 = curve_worker(start_worker, keys, "w1", master.address, targets={"t": 1})
+    wait_for(lambda: "security handshake failed" in w1.log(), 5, "w1's refusal logged")
+    assert "w1" not in master.request("status")["workers"]
+
+    # A fake master (another key pair on the address w0 expects): w0 does not talk to it.
+    master.stop()
+    fake = start_master(
+        wait=False, listen=master.address,
+        curve=keys.server_config("intruder", keys.authorize("fake-allows", "w0", "ops")),
+    )  # fmt: skip
+    fake.curve = keys.client("ops", "intruder")
+    fake.wait_ready()
+    time.sleep(1.0)  # w0 redials every 100 ms
+    assert fake.request("status")["workers"] == {}
+    assert "security handshake failed" in w0.log()
+
+
+def relay_capture(start_master, start_worker, keys: Keys | None) -> bytes:
+    """Everything on the wire while a worker registers target MARKER with a master and
+    a client pokes MARKER and asks for the master's status, all through a capturing proxy."""
+    master = curve_master(start_master, keys) if keys else start_master()
+    host, port = master.address.removeprefix("tcp://").split(":")
+    proxy = TcpProxy((host, int(port)), capture=True)
+    relayed = f"tcp://127.0.0.1:{proxy.port}"
+    client = keys.client("ops", "master") if keys else None
+    try:
+        if keys:
+            curve_worker(start_worker, keys, "w0", relayed, targets={MARKER: 1})
+        else:
+            start_worker({MARKER: 1}, name="w0", master=relayed)
+        wait_for(
+            lambda: "w0" in call(relayed, "status", timeout=5, curve=client)["workers"],
+            5, "w0 registered through the proxy",
+        )  # fmt: skip
+        reply = call(relayed, "poke", {"targets": [MARKER]}, timeout=5, curve=client)
+        assert reply["workers"] == ["w0"], reply
+        status = call(relayed, "status", timeout=5, curve=client)
+        assert MARKER in status["workers"]["w0"]["targets"]
+        time.sleep(0.2)
+        return bytes(proxy.captured)
+    finally:
+        proxy.close()
+
+
+def test_traffic_is_encrypted(start_master, start_worker, keys: Keys):
+    plain = relay_capture(start_master, start_worker, None)
+    # Without CURVE the marker is readable on the wire: the capture does see the traffic.
+    assert MARKER.encode() in plain and b"register-worker" in plain
+    encrypted = relay_capture(start_master, start_worker, keys)
+    assert len(encrypted) > 500, "the capture saw the CURVE traffic"
+    for text in (MARKER, "register-worker", "poke", "status", "jobd-master"):
+        assert text.encode() not in encrypted, text
+    assert b"CURVE" in encrypted  # the ZMTP greeting names the mechanism, in clear
+
+
+def test_a_non_loopback_address_needs_keys_or_allow_insecure(tmp_path: Path, keys: Keys):
+    port = free_port()
+    config = tmp_path / "master.yaml"
+    config.write_text(yaml.safe_dump({"listen": f"tcp://0.0.0.0:{port}"}))
+    done = subprocess.run(
+        [sys.executable, "-m", "jobd_master", "--config", str(config)],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{config}: listen: tcp://0.0.0.0:{port} can be reached from other hosts" in done.stderr
+    assert "configure curve: (see docs/curve.md) or set allow_insecure: true" in done.stderr
+
+    worker_config = tmp_path / "worker.yaml"
+    worker_config.write_text(yaml.safe_dump({
+        "listen": "tcp://*:7080", "database": "mysql://root@127.0.0.1/x",
+        "launcher": {"command": "true"}, "targets": {"t": 1},
+    }))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "jobd", "--check", "--config", str(worker_config)],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 2 and "listen: tcp://*:7080 can be reached" in done.stderr
+
+    # allow_insecure: true, or CURVE keys, and the same address is served.
+    for extra, curve in (
+        ({"allow_insecure": True}, None),
+        ({"curve": keys.server_config("master", str(keys.dir / "master-allows"))},
+         keys.client("ops", "master")),
+    ):  # fmt: skip
+        config.write_text(yaml.safe_dump({"listen": f"tcp://0.0.0.0:{port}", **extra}))
+        with subprocess.Popen(
+            [sys.executable, "-m", "jobd_master", "--config", str(config)],
+            stderr=subprocess.PIPE,
+        ) as master:
+            try:
+                wait_for(lambda c=curve: _answers(f"tcp://127.0.0.1:{port}", c), 10, "ping")
+            finally:
+                master.send_signal(signal.SIGTERM)
+                assert master.wait(10) == 0
+
+
+def _answers(address: str, curve: ClientCurve | None) -> bool:
+    try:
+        return call(address, "ping", timeout=0.5, curve=curve)["name"] == "jobd-master"
+    except NoAnswer:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("curve", "message"),
+    [
+        ({"authorized_keys": "."}, "curve.secret_key_file: required with authorized_keys"),
+        ({"secret_key_file": "master.key_secret"}, "curve.authorized_keys: required with"),
+        ({"secret_key_file": "master.key", "authorized_keys": "master-allows"},
+         "master.key: no valid secret key in it (give the .key_secret file, not the .key)"),
+        ({"secret_key_file": "nope.key_secret", "authorized_keys": "master-allows"},
+         "nope.key_secret: cannot read the key file"),
+        ({"secret_key_file": "master.key_secret", "authorized_keys": "nope"},
+         "nope: not a directory of public .key files"),
+        ({"secret_key_file": "master.key_secret", "authorized_keys": "master-allows",
+          "server_key_file": "master.key"}, "curve.server_key_file: unknown key"),
+    ],
+)  # fmt: skip
+def test_bad_curve_config_exits_2(keys: Keys, curve: dict[str, str], message: str):
+    config = keys.dir / "master.yaml"  # key paths are relative to the config file
+    config.write_text(yaml.safe_dump({"listen": f"tcp://127.0.0.1:{free_port()}", "curve": curve}))
+    for args in (["--check"], []):
+        done = subprocess.run(
+            [sys.executable, "-m", "jobd_master", *args, "--config", str(config)],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert done.stderr.startswith(f"jobd-master: {config}: ")
+
+
+def test_worker_with_a_master_needs_its_public_key(keys: Keys, jobs):
+    config = keys.dir / "worker.yaml"
+    config.write_text(yaml.safe_dump({
+        "master": "tcp://127.0.0.1:7081", "database": jobs.db.url_string, "table": jobs.table,
+        "launcher": {"command": "true"}, "targets": {"t": 1},
+        "curve": keys.server_config("w0", "workers-allow"),
+    }))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "jobd", "--check", "--config", str(config)],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "curve.server_key_file: required with master: (the master's public key)" in done.stderr
+
+
+def test_sighup_reads_the_authorized_keys_again(start_master, keys: Keys):
+    master = curve_master(start_master, keys)
+    intruder = keys.client("intruder", "master")
+    with pytest.raises(NoAnswer):
+        call(master.address, "ping", timeout=0.5, curve=intruder)
+    # Rotation: the new key is added and the old one removed, then SIGHUP.
+    keys.authorize("master-allows", "intruder")
+    (keys.dir / "master-allows" / "ops.key").unlink()
+    master.signal(signal.SIGHUP)
+    wait_for(lambda: "authorized keys reloaded" in master.log(), 5, "reload")
+    assert "2 keys (1 new, 1 removed)" in master.log()
+    assert call(master.address, "ping", timeout=5, curve=intruder)["name"] == "jobd-master"
+    with pytest.raises(NoAnswer):
+        call(master.address, "ping", timeout=0.5, curve=keys.client("ops", "master"))
+
+
+def test_keygen(tmp_path: Path):
+    out = jobctl("keygen", tmp_path / "k", "web-1").stdout
+    public, secret = tmp_path / "k" / "web-1.key", tmp_path / "k" / "web-1.key_secret"
+    pair = ClientCurve.load(str(secret), str(public))
+    assert pair.keys.public == pair.server_public and pair.keys.public.decode() in out
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert pair.keys.secret.decode() not in out  # the secret is never printed
+    again = jobctl("keygen", tmp_path / "k", "web-1", status=1)
+    assert "exists; not overwriting a key" in again.stderr
