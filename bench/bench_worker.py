@@ -146,7 +146,9 @@ class Scratch:
             )
             query(self.admin, f"GRANT ALL ON `{self.database}`.* TO '{self.user}'@'{host}'")
         self.conn = connect(server, self.database)
-        query(self.conn, SCHEMA)
+        for statement in SCHEMA.split(";"):  # the jobs table and its schedules table
+            if statement.strip():
+                query(self.conn, statement)
         (value,) = query(self.admin, "SELECT @@GLOBAL.userstat")[0]
         if userstat and not int(value):
             self.userstat_before = "OFF"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import aiomysql
 import pymysql
+from pymysql.constants import CLIENT
 
 from jobd.config import DatabaseURL
 
@@ -27,8 +28,11 @@ def placeholders(n: int) -> str:
 class Database:
     """A pool of connections to one database, and SQL templates for one table."""
 
-    def __init__(self, url: DatabaseURL, table: str, pool_size: int = 3) -> None:
+    def __init__(
+        self, url: DatabaseURL, table: str, pool_size: int = 3, multi_statements: bool = False
+    ) -> None:
         self.url = url
+        self.multi_statements = multi_statements
         self.table = f"`{table}`"  # validated against config.TABLE_PATTERN
         self.table_name = table
         self.pool_size = pool_size
@@ -47,6 +51,7 @@ class Database:
                 db=self.url.database,
                 charset="utf8mb4",
                 autocommit=True,
+                client_flag=CLIENT.MULTI_STATEMENTS if self.multi_statements else 0,
                 connect_timeout=5,
                 pool_recycle=3600,
                 # A queue wants READ COMMITTED: a claim locks only the rows it returns.

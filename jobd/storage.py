@@ -210,11 +210,47 @@ def _batches(done: list[tuple[int, Outcome]]) -> list[list[tuple[int, Outcome]]]
     return batches
 
 
+def _take(
+    claim: Claim,
+    target: str,
+    slots: Mapping[str, SlotWant],
+    rows: Iterable[Sequence[Any]],
+    want: int,
+    full: bool,
+) -> None:
+    """Sort one target's selected rows into the claim: the first `start` rows of a slot
+    start at once, more up to its `room` wait in it, rows of unknown slots are ignored,
+    and the rest stays waiting (then the target may have more: it is `full`)."""
+    room = {slot: w.room for slot, w in slots.items()}
+    start = {slot: w.start for slot, w in slots.items()}
+    if full:
+        claim.full.add(target)
+    for job_id, slot, priority, attempts, data, callback_url, schedule_id in rows:
+        if slot not in room:
+            claim.ignored.append(job_id)
+        elif room[slot] > 0 and want > 0:
+            room[slot] -= 1
+            want -= 1
+            job = Job(
+                job_id, target, slot, priority, attempts=attempts, data=data,
+                callback_url=callback_url, schedule_id=schedule_id,
+            )  # fmt: skip
+            if start[slot] > 0:
+                start[slot] -= 1
+                job.marked_running = True
+                job.attempts += 1
+            claim.accepted.append(job)
+        else:
+            claim.full.add(target)  # rows left behind for a slot with no room
+
+
 class JobStore(Database):
     """All access of one worker to the jobs table."""
 
     def __init__(self, url: DatabaseURL, table: str, worker: str, pool_size: int = 3) -> None:
-        super().__init__(url, table, pool_size)
+        # Multi-statements: a claim sends START TRANSACTION and COMMIT along with its other
+        # statements (every value is still a parameter; see claim_jobs).
+        super().__init__(url, table, pool_size, multi_statements=True)
         self.worker = worker
         self.skip_locked = True
 
@@ -247,61 +283,48 @@ class JobStore(Database):
     ) -> Claim:
         """waiting -> running for the first `start` rows of each slot, waiting -> accepted
         for up to `room` in all, and waiting -> ignored for rows of slots this worker does
-        not have; one transaction."""
+        not have; one transaction.
+
+        The hot path of every job, so it costs one round trip per target plus one: START
+        TRANSACTION travels with the first SELECT, COMMIT with the UPDATEs."""
         claim = Claim()
         now = int(time.time())
         lock = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
-        async with self._cursor(transaction=True) as cur:
-            run: list[int] = []
+        begin = "START TRANSACTION; "
+        async with self._cursor() as cur:
             for target, slots in wanted.items():
-                free = {slot: want.room for slot, want in slots.items()}
-                start = {slot: want.start for slot, want in slots.items()}
-                free_slots = [s for s, n in free.items() if n > 0]
-                known = list(known_slots[target])
-                want = min(sum(free.values()), limit - len(claim.accepted))
+                free_slots = [s for s, want in slots.items() if want.room > 0]
+                want = min(sum(w.room for w in slots.values()), limit - len(claim.accepted))
                 if not free_slots or want <= 0:
                     continue
+                known = list(known_slots[target])
                 # Select a little more than wanted, so one full slot at the head of the
                 # order does not hide the rows of another.
                 fetch = want * 2 if len(free_slots) > 1 else want
                 sql = self._sql(
                     Queries.select_claimable, lock, free=len(free_slots), known=len(known)
                 )
-                await cur.execute(sql, (target, now, *free_slots, *known, fetch))
+                await cur.execute(begin + sql, (target, now, *free_slots, *known, fetch))
+                if begin:
+                    await cur.nextset()  # from START TRANSACTION's result to the rows
+                    begin = ""
                 rows = await cur.fetchall()
-                if len(rows) >= fetch:
-                    claim.full.add(target)
-                room = dict(free)
-                for job_id, slot, priority, attempts, data, callback_url, schedule_id in rows:
-                    if slot not in room:
-                        claim.ignored.append(job_id)
-                    elif room[slot] > 0 and want > 0:
-                        room[slot] -= 1
-                        want -= 1
-                        job = Job(
-                            job_id, target, slot, priority, attempts=attempts, data=data,
-                            callback_url=callback_url, schedule_id=schedule_id,
-                        )  # fmt: skip
-                        if start[slot] > 0:
-                            start[slot] -= 1
-                            job.marked_running = True
-                            job.attempts += 1
-                            run.append(job_id)
-                        claim.accepted.append(job)
-                    else:
-                        claim.full.add(target)  # rows left behind for a slot with no room
+                _take(claim, target, slots, rows, want, full=len(rows) >= fetch)
+            if begin:
+                return claim  # nothing was selected, no transaction opened
+            statements: list[str] = []
+            params: list[Any] = []
             if claim.accepted:
                 ids = [job.id for job in claim.accepted]
-                run_ids = run or [0]  # ids start at 1: `IN (0)` matches nothing
-                await cur.execute(
-                    self._sql(Queries.accept, ids=len(ids), run=len(run_ids)),
-                    (self.worker, now, *run_ids, *run_ids, now, *run_ids, *ids),
-                )
+                run = [job.id for job in claim.accepted if job.marked_running] or [0]
+                statements.append(self._sql(Queries.accept, ids=len(ids), run=len(run)))
+                params += [self.worker, now, *run, *run, now, *run, *ids]
             if claim.ignored:
-                await cur.execute(
-                    self._sql(Queries.ignore, ids=len(claim.ignored)),
-                    (self.worker, now, self.worker, *claim.ignored),
-                )
+                statements.append(self._sql(Queries.ignore, ids=len(claim.ignored)))
+                params += [self.worker, now, self.worker, *claim.ignored]
+            await cur.execute("; ".join([*statements, "COMMIT"]), params)
+            while await cur.nextset():
+                pass
         return claim
 
     async def accept_manual(
