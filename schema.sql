@@ -36,6 +36,30 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   UNIQUE KEY `schedule_fire_idx` (`schedule_id`, `scheduled_at`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- Upgrading a table made for the jobd seed (or by an older jobd): these add whatever
+-- is missing and change nothing that is there, so running this file again is safe.
+-- A seed table is `utf8` (3-byte): output with characters beyond that (emoji) is then
+-- stored with U+FFFD in their place.  To keep them, convert it once (a table rebuild):
+--   ALTER TABLE `jobs` CONVERT TO CHARACTER SET utf8mb4
+ALTER TABLE `jobs`
+  MODIFY `time_created` int(10) UNSIGNED NOT NULL DEFAULT (UNIX_TIMESTAMP()),
+  ADD COLUMN IF NOT EXISTS `priority` smallint NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS `run_at` int(10) UNSIGNED DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `attempts` smallint UNSIGNED NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS `worker` varchar(64) DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `time_claimed` int(10) UNSIGNED NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS `attempt_log` text DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `data` mediumtext DEFAULT NULL CHECK (`data` IS NULL OR JSON_VALID(`data`)),
+  ADD COLUMN IF NOT EXISTS `callback_url` varchar(1024) DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `callback_result` varchar(255) DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `schedule_id` int(10) UNSIGNED DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `scheduled_at` int(10) UNSIGNED DEFAULT NULL,
+  ADD KEY IF NOT EXISTS `claim_idx` (`status`, `target`, `priority` DESC, `id`),
+  ADD KEY IF NOT EXISTS `worker_idx` (`worker`, `status`),
+  ADD KEY IF NOT EXISTS `due_idx` (`status`, `target`, `run_at`),
+  ADD KEY IF NOT EXISTS `finished_idx` (`status`, `time_finished`),
+  ADD UNIQUE KEY IF NOT EXISTS `schedule_fire_idx` (`schedule_id`, `scheduled_at`);
+
 -- Recurring schedules (jobctl schedule ...). Each fire time creates exactly one row in
 -- the jobs table, however many schedulers run: the unique key on (schedule_id,
 -- scheduled_at) there makes a second insert for the same fire time a no-op.

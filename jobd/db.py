@@ -18,7 +18,23 @@ from jobd.config import DatabaseURL
 
 
 class StorageError(Exception):
-    """The database could not be reached or refused a statement."""
+    """The database could not be reached or refused a statement.
+
+    `retryable` is false when the same statement would fail again (bad data, a missing
+    column): retrying it forever would stop every later write behind it."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+#: Errors about the statement itself, not about reaching the server.
+_PERMANENT = (
+    pymysql.err.DataError,
+    pymysql.err.IntegrityError,
+    pymysql.err.ProgrammingError,
+    pymysql.err.NotSupportedError,
+)
 
 
 def placeholders(n: int) -> str:
@@ -86,7 +102,8 @@ class Database:
                     conn.close()
                     raise
         except (pymysql.err.MySQLError, OSError, TimeoutError) as exc:
-            raise StorageError(describe(exc)) from None
+            permanent = isinstance(exc, _PERMANENT) or _is_data_error(exc)
+            raise StorageError(describe(exc), retryable=not permanent) from None
 
     def _sql(self, query: str, lock: str = "", **lists: int) -> str:
         """Fill a query template: {t} the table, {s} its schedules table, {lock} a locking
@@ -94,6 +111,13 @@ class Database:
         filled = {k: placeholders(n) for k, n in lists.items()}
         schedules = f"`{self.table_name}_schedules`"
         return query.format(t=self.table, s=schedules, lock=lock, **filled)
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """pymysql reports some data errors (1366 incorrect string value, 4025 a failed CHECK)
+    as OperationalError or InternalError."""
+    code = exc.args[0] if isinstance(exc, pymysql.err.MySQLError) and exc.args else None
+    return code in (1264, 1265, 1292, 1366, 1406, 4025)
 
 
 def describe(exc: BaseException) -> str:

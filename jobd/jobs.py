@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
+
+_BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
 
 
 @dataclass(slots=True)
@@ -47,6 +51,18 @@ class Outcome:
     stderr: str
     duration: float  # seconds, measured by the worker
     note: str | None = None  # why jobd stopped the job (timeout, shutdown), if it did
+
+    def storable(self) -> Outcome:
+        """The same with characters beyond the Basic Multilingual Plane replaced, for a
+        table whose text columns are 3-byte utf8 (the seed's)."""
+        return dataclasses.replace(
+            self, stdout=_BEYOND_BMP.sub("\ufffd", self.stdout),
+            stderr=_BEYOND_BMP.sub("\ufffd", self.stderr),
+        )  # fmt: skip
+
+    def without_output(self) -> Outcome:
+        note = "[jobd: the output could not be stored]\n"
+        return dataclasses.replace(self, stdout=note, stderr=note)
 
     def describe(self) -> str:
         if self.sig:

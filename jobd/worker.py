@@ -106,6 +106,7 @@ class Worker:
         self._due_at: float | None = None
         self._callbacks = asyncio.Semaphore(16)  # deliveries at once; the rest wait
         self._wake = asyncio.Event()
+        self._start_pending = False
         self._claim_failed = False
         self._outcomes: asyncio.Queue[tuple[Job, Outcome]] = asyncio.Queue()
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -249,6 +250,12 @@ class Worker:
             "targets": {name: t.concurrency() for name, t in self.targets.items()},
             "version": __version__,
             "listen": self.config.listen,
+            # For `jobctl targets`; targets added at run time have none.
+            "descriptions": {
+                name: t.options.description
+                for name, t in self.targets.items()
+                if t.options.description
+            },
         }
 
     def _targets_changed(self) -> None:
@@ -370,6 +377,7 @@ class Worker:
         await self._release(orphans)
 
     def _start_ready(self) -> None:
+        self._start_pending = False
         if self.stopping:
             return
         batch = [
@@ -441,7 +449,11 @@ class Worker:
         if slot is not None:
             slot.running.discard(job.id)
             slot.record_duration(duration)
-        self._start_ready()  # a job claimed ahead starts now, not after the next claim
+        # A job claimed ahead starts now, not after the next claim; the jobs that finish
+        # in one turn of the event loop start their successors together (one UPDATE).
+        if not self._start_pending:
+            self._start_pending = True
+            asyncio.get_running_loop().call_soon(self._start_ready)
         self._wake.set()
 
     # --- writing ------------------------------------------------------------------
@@ -453,6 +465,8 @@ class Worker:
             try:
                 return await operation()
             except StorageError as exc:
+                if not exc.retryable:
+                    raise
                 log.warning("%s failed, retrying in %.1f s: %s", what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -484,7 +498,14 @@ class Worker:
             while not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
             rows = [(job.id, outcome, self._retry_for(job, outcome)) for job, outcome in batch]
-            await self._persist("writing outcomes", lambda r=rows: self.store.record_outcomes(r))
+            try:
+                await self._persist(
+                    "writing outcomes", lambda r=rows: self.store.record_outcomes(r)
+                )
+            except StorageError as exc:
+                log.error("writing outcomes failed (%s); writing them one by one", exc)
+                for row in rows:
+                    await self._write_outcome_alone(*row)
             for (job, outcome), (_, _, retry) in zip(batch, rows, strict=True):
                 if retry is not None:
                     log.info("job %d will be retried at %d", job.id, retry.run_at)
@@ -497,6 +518,22 @@ class Worker:
                 if future is not None and not future.done():
                     future.set_result(outcome)
                 self._outcomes.task_done()
+
+    async def _write_outcome_alone(
+        self, job_id: int, outcome: Outcome, retry: Retry | None
+    ) -> None:
+        """One outcome that the database refused as it was: first with characters the
+        columns cannot hold (a 3-byte utf8 table) replaced, then with no output at all."""
+        for attempt in (outcome, outcome.storable(), outcome.without_output()):
+            try:
+                await self._persist(
+                    "writing an outcome",
+                    lambda o=attempt: self.store.record_outcomes([(job_id, o, retry)]),
+                )
+                return
+            except StorageError as exc:
+                log.error("job %d: the outcome was refused: %s", job_id, exc)
+        # Left 'running': the next start of this worker settles the row.
 
     def _emit(self, kind: str, job: Job, outcome: Outcome | None = None, **extra: Any) -> None:
         if self.on_event is None:
@@ -595,7 +632,10 @@ class Worker:
             "pid": os.getpid(),
             "uptime": round(time.monotonic() - self.started, 3),
             "rss": rss_bytes(),
-            "targets": {name: t.status() for name, t in self.targets.items()},
+            "targets": {
+                name: {**t.status(), "description": t.options.description}
+                for name, t in self.targets.items()
+            },
             "running": sorted(self.running),
             "pending_writes": self._outcomes.qsize(),
         }
