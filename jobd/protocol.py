@@ -39,6 +39,10 @@ MAX_JOB_ID = 2**32 - 1
 MAX_IDS = 10_000
 MAX_CONCURRENCY = 10_000
 
+#: Most job events in one job-events message (a worker splits bigger batches).
+MAX_EVENTS = 1000
+#: Kinds of job events a worker reports (see Worker._emit).
+EVENT_KINDS = ("started", "finished", "retry")
 
 class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"  # undecodable message or data of the wrong shape
@@ -228,6 +232,87 @@ class RequestType:
     name: str
     fields: Mapping[str, Field] = field(default_factory=dict)
     doc: str = ""
+def check_descriptions(value: Any, key: str) -> dict[str, str]:
+    """{target: description} as a worker registers them (from its config)."""
+    if not isinstance(value, dict):
+        raise bad_request(f"{key}: expected a map of target: description")
+    if len(value) > 1000:
+        raise bad_request(f"{key}: at most 1000 targets")
+    return {
+        check_name(t, f"{key} target"): check_str(d, f"{key}.{t}", limit=1000)
+        for t, d in value.items()
+    }
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"{key}: expected a number, got {_type_name(value)}")
+    return value
+
+
+def _optional(check: Check) -> Check:
+    return lambda value, key: None if value is None else check(value, key)
+
+
+def _int_in(low: int, high: int) -> Check:
+    def check(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad_request(f"{key}: expected an integer {low}..{high}")
+        return value
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any, key: str) -> str:
+        if value not in choices:
+            raise bad_request(f"{key}: expected one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+#: The fields of a job event: (check, required).  Workers send them in job-events and
+#: the master publishes them unchanged (README, "Job events").
+EVENT_FIELDS: dict[str, tuple[Check, bool]] = {
+    "event": (_one_of(*EVENT_KINDS), True),
+    "id": (check_job_id, True),
+    "target": (check_name, True),
+    "slot": (check_name, True),
+    "worker": (check_worker_name, True),
+    "time": (_number, True),
+    "attempts": (_int_in(0, 65535), False),
+    # finished and retry: the outcome of the start (output stays in the row)
+    "result": (_one_of("ok", "fail"), False),
+    "code": (_optional(_int_in(0, 255)), False),
+    "signal": (_optional(lambda v, k: check_str(v, k, limit=16)), False),
+    "duration": (_number, False),
+    # retry: when the next start is due
+    "run_at": (_int_in(0, 2**32 - 1), False),
+}
+
+
+def check_events(value: Any, key: str) -> list[dict[str, Any]]:
+    """A list of at most MAX_EVENTS job events, each with the fields of EVENT_FIELDS."""
+    items = _list(value, key, limit=MAX_EVENTS)
+    out = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise bad_request(f"{where}: expected a map, got {_type_name(item)}")
+        unknown = set(item) - set(EVENT_FIELDS)
+        if unknown:
+            raise bad_request(f"{where}: unknown key {sorted(map(str, unknown))[0]!r:.40}")
+        event = {}
+        for name, (check, required) in EVENT_FIELDS.items():
+            if name in item:
+                event[name] = check(item[name], f"{where}.{name}")
+            elif required:
+                raise bad_request(f"{where}.{name}: required")
+        out.append(event)
+    return out
+
+
 
     def validate(self, data: Any) -> dict[str, Any]:
         """Clean request data, or raise RequestError(bad_request)."""
@@ -318,6 +403,7 @@ MASTER_REQUESTS: dict[str, RequestType] = _table(
         "status",
         {"poll_workers": Field(check_bool, default=False)},
         "Registered workers, and with poll_workers each worker's own status.",
+            "descriptions": Field(check_descriptions, default={}),
     ),
     RequestType(
         "run-manual",
@@ -344,6 +430,11 @@ def decode(frame: bytes) -> Any:
     try:
         # The socket's MAXMSGSIZE already bounds the frame, and with it every length.
         return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    RequestType(
+        "job-events",
+        {"events": Field(check_events, True)},
+        "Sent by a registered worker: job events for the master to publish (PUB socket).",
+    ),
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise bad_request(f"undecodable message: {type(exc).__name__}") from None
 

@@ -54,6 +54,11 @@ class SlotQueue:
         """How many more jobs this slot may take on (queued ones count as taken)."""
         return max(0, self.concurrency + self.ahead() - len(self.running) - len(self.queued))
 
+    def wants_claim(self) -> bool:
+        """A claim is due when a place is idle, or when the jobs claimed ahead are half
+        gone: claiming one job at a time as each finishes would cost a claim per job."""
+        return self.free() > 0 or self.room() > self.ahead() // 2
+
     def pop_startable(self, paused: bool) -> Iterator[Job]:
         """Jobs that may start now; when paused, only manual runs (an operator asked)."""
         while self.queued and len(self.running) < self.concurrency:

@@ -94,6 +94,7 @@ class Endpoint:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
+        self._plain: zmq.Socket | None = None
 
     def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop())
@@ -193,6 +194,20 @@ class Endpoint:
         no = next(self._numbers)
         message = protocol.encode(protocol.request_message(no, type_, data))
         self._spawn(self._send_frames([*envelope, message]))
+
+    def try_send(self, type_: str, data: Mapping[str, Any] | None = None) -> bool:
+        """Send a request whose reply nobody waits for, now or never: False when the socket
+        cannot take it at once (no connected peer, its queue full).  Never blocks."""
+        no = next(self._numbers)
+        message = protocol.encode(protocol.request_message(no, type_, data))
+        if self._plain is None:
+            # A synchronous view of the socket: a DONTWAIT send returns or fails at once.
+            self._plain = zmq.Socket.shadow(self.sock.underlying)
+        try:
+            self._plain.send(message, flags=zmq.DONTWAIT)
+        except zmq.ZMQError:
+            return False
+        return True
 
     async def _send_frames(self, frames: list[bytes]) -> None:
         try:

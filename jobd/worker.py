@@ -291,9 +291,8 @@ class Worker:
             target = self.targets.get(name)
             if target is None or target.paused:
                 continue
-            slots = {s: SlotWant(q.free(), q.room()) for s, q in target.slots.items()}
-            if any(want.room for want in slots.values()):
-                wants[name] = slots
+            if any(q.wants_claim() for q in target.slots.values()):
+                wants[name] = {s: SlotWant(q.free(), q.room()) for s, q in target.slots.items()}
         return wants
 
     def _held_ids(self) -> list[int]:
