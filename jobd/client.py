@@ -117,3 +117,10 @@ def call(
             return await client.request(type_, data)
 
     return asyncio.run(once())
+
+
+# The job API (submit, wait, schedules) builds on Client; importing it here lets scripts
+# use `from jobd.client import Jobd`.  jobd.api imports Client lazily, so no cycle.
+from jobd.api import AsyncJobd, Jobd, JobNotFound, WaitTimeout  # noqa: E402
+
+__all__ += ["AsyncJobd", "JobNotFound", "Jobd", "WaitTimeout"]

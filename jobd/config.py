@@ -22,6 +22,7 @@ import yaml
 DEFAULT_WORKER_CONFIG = "/etc/jobd.yaml"
 DEFAULT_MASTER_CONFIG = "/etc/jobd-master.yaml"
 DATABASE_URL_ENV = "JOBD_DATABASE_URL"
+DEFAULT_EVENTS = "tcp://127.0.0.1:7082"
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,16}")
 WORKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -165,6 +166,11 @@ class MasterConfig:
     log_level: str
     curve: CurveConfig = field(default_factory=CurveConfig)
     allow_insecure: bool = False
+    #: The jobs database, for the scheduler; None: no scheduler in the master.
+    database: DatabaseURL | None = None
+    table: str = "jobs"
+    #: PUB endpoint of the job events; None: events are not published.
+    events: str | None = DEFAULT_EVENTS
 
 
 # --- reading --------------------------------------------------------------------
@@ -317,10 +323,12 @@ def parse_targets(reader: _Reader) -> dict[str, TargetConfig]:
     return targets
 
 
-def _database(reader: _Reader) -> DatabaseURL:
+def _database(reader: _Reader, required: bool = True) -> Any:
     # The environment wins, so the password can stay out of the file.
     url = os.environ.get(DATABASE_URL_ENV) or reader.string("database")
     reader.used.add("database")
+    if not url and not required:
+        return None
     if not url:
         raise reader.error("database", f"required key is missing (or set {DATABASE_URL_ENV})")
     try:
@@ -469,7 +477,20 @@ def load_master_config(path: str) -> MasterConfig:
         log_level=_log_level(reader),
         curve=_curve(reader),
         allow_insecure=reader.boolean("allow_insecure", False),
+        database=_database(reader, required=False),
+        table=reader.matching("table", TABLE_PATTERN, "a table name", default="jobs"),
+        events=_events(reader),
     )
     _check_exposure(reader, "listen", config.listen, config.curve)
+    if config.events is not None:
+        _check_exposure(reader, "events", config.events, config.curve)
     reader.finish()
     return config
+
+
+def _events(reader: _Reader) -> str | None:
+    """The master's PUB endpoint for job events; `events: false` turns them off."""
+    if reader.get("events") is False:
+        return None
+    return reader.matching("events", ENDPOINT_PATTERN, "a ZeroMQ endpoint or false",
+                           default=DEFAULT_EVENTS)  # fmt: skip

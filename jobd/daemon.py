@@ -17,6 +17,7 @@ from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
 from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
+from jobd.schedules import run_scheduler
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
 
@@ -59,6 +60,33 @@ def reload_worker(worker: Worker, auth: Authenticator | None = None) -> None:
         log.error("reload refused, keeping the running config: %s", exc)
         return
     log.info("reloaded %s: targets %s", new.path, ", ".join(new.targets) or "none")
+
+
+def start_scheduler(
+    config: WorkerConfig, worker: Worker, link: MasterLink | None
+) -> asyncio.Task[None] | None:
+    """`scheduler: true`: run the schedules here as well (the master runs them too; each
+    fire time still makes one job).  A fire polls this worker at once and, through the
+    master, the other workers serving the target."""
+    if not config.scheduler:
+        return None
+
+    def poke(targets: list[str]) -> None:
+        worker.poll(targets)
+        if link is not None:
+            link.poke(targets)
+
+    task = asyncio.create_task(
+        run_scheduler(config.database, config.table, poke, f"worker {config.name}"),
+        name="scheduler",
+    )
+    task.add_done_callback(_scheduler_ended)
+    return task
+
+
+def _scheduler_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the scheduler failed; schedules are off", exc_info=task.exception())
 
 
 class StartupError(Exception):
@@ -129,6 +157,7 @@ async def run_worker(config: WorkerConfig) -> int:
     link = MasterLink(worker, config.master, ctx, master_curve) if config.master else None
     if link is not None:
         link.start()
+    scheduler = start_scheduler(config, worker, link)
     log.info(
         "jobd %s worker %s listening on %s%s, database %s, targets %s",
         __version__, config.name, config.listen, " (CURVE)" if curve else "",
@@ -158,6 +187,9 @@ async def run_worker(config: WorkerConfig) -> int:
     worker.on_crash = stop.set
     await stop.wait()
     notify_systemd("STOPPING=1")
+    if scheduler is not None:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
     if link is not None:
         await link.close()  # the master stops routing to us while running jobs finish
     await worker.stop(fast)

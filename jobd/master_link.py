@@ -51,6 +51,10 @@ DEFAULT_PING_INTERVAL = 5.0
 HEARTBEAT_MS = 2000
 #: Longest pause between registrations the master refused (conflict), in seconds.
 MAX_REFUSED_RETRY = 60.0
+#: Most job events in one job-events message (the protocol allows MAX_EVENTS).
+EVENTS_PER_MESSAGE = 500
+
+
 #: Monitor events of a handshake that failed (CURVE keys refused, mechanism mismatch).
 HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -112,12 +116,19 @@ class MasterLink:
         self.endpoint = Endpoint(sock, dispatcher, log, on_request=self._heard_request)
         self._register_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: Job events of the current loop turn, sent together at its end.
+        self._events: list[dict[str, Any]] = []
+        self.events_sent = 0
+        self.events_dropped = 0
+        self._dropping_since = 0  # events_dropped when the current outage began
+        self._dropping = False
 
     # --- life cycle ---------------------------------------------------------------
 
     def start(self) -> None:
         self.endpoint.start()
         self.worker.on_targets_changed = self.register
+        self.worker.on_event = self._event
         self._tasks = [
             asyncio.create_task(self._watch_connections(), name="master-monitor"),
             asyncio.create_task(self._watch_liveness(), name="master-liveness"),
@@ -128,6 +139,7 @@ class MasterLink:
     async def close(self) -> None:
         """Unregister (briefly: the master may be gone) and close the connection."""
         self.worker.on_targets_changed = None
+        self.worker.on_event = None
         for task in [*self._tasks, self._register_task]:
             if task is not None:
                 task.cancel()
@@ -206,6 +218,48 @@ class MasterLink:
             log.info("registration with master %s updated", self.address)
         self.registered = True
         self.last_heard = time.monotonic()
+
+    def poke(self, targets: list[str]) -> None:
+        """Ask the master to poke these targets (this worker's scheduler fired), without
+        waiting for it: the worker has polled itself already."""
+        if self.registered and self.connected:
+            self.endpoint.try_send("poke", {"targets": targets})
+
+    # --- job events ---------------------------------------------------------------
+
+    def _event(self, event: dict[str, Any]) -> None:
+        """Worker.on_event: gather the events of this loop turn; they go out together."""
+        if not self._events:
+            asyncio.get_running_loop().call_soon(self._send_events)
+        self._events.append(event)
+
+    def _send_events(self) -> None:
+        """Fire and forget: a job never waits for its events.  While the master is away
+        (or its queue is full) they are dropped and counted; subscribers who must not
+        miss an outcome read the row (jobd.client does)."""
+        events, self._events = self._events, []
+        for i in range(0, len(events), EVENTS_PER_MESSAGE):
+            chunk = events[i : i + EVENTS_PER_MESSAGE]
+            sendable = self.registered and self.connected
+            if sendable and self.endpoint.try_send("job-events", {"events": chunk}):
+                self.events_sent += len(chunk)
+                if self._dropping:
+                    self._dropping = False
+                    log.info(
+                        "job events reach master %s again (%d dropped meanwhile)",
+                        self.address, self.events_dropped - self._dropping_since,
+                    )  # fmt: skip
+                continue
+            if not self._dropping:
+                self._dropping = True
+                self._dropping_since = self.events_dropped
+                # Before the first registration this is expected: say it quietly.
+                log.log(
+                    logging.WARNING if self.events_sent else logging.INFO,
+                    "master %s cannot take job events now; dropping them (jobs go on)",
+                    self.address,
+                )
+            self.events_dropped += len(chunk)
 
     # --- watching the master ------------------------------------------------------
 

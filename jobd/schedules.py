@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jobd.config import DatabaseURL
 from jobd.cron import CATCH_UP_POLICIES, Rule, due_fires, first_fire
 from jobd.db import Database, StorageError
 
@@ -32,6 +33,9 @@ class ScheduleQueries:
     select_one = "SELECT " + _COLUMNS + " FROM {s} WHERE name = %s"
     select_due = "SELECT " + _COLUMNS + " FROM {s} WHERE enabled = 1 AND next_fire <= %s"
     next_wakeup = "SELECT MIN(next_fire) FROM {s} WHERE enabled = 1"
+    table_exists = (
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
+    )
     insert = (
         "INSERT INTO {s} (name, cron, interval_seconds, timezone, target, slot, priority,"
         " data, catch_up, enabled, next_fire) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -118,6 +122,14 @@ class ScheduleStore(Database):
         found = await self.get(name)
         assert found is not None
         return found
+
+    async def has_table(self) -> bool:
+        async with self._cursor() as cur:
+            await cur.execute(
+                ScheduleQueries.table_exists, (self.url.database, f"{self.table_name}_schedules")
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def get(self, name: str) -> Schedule | None:
         async with self._cursor() as cur:
@@ -229,3 +241,42 @@ class Scheduler:
         if targets:
             self.poke(sorted(targets))
         return created
+
+
+#: Backoff between attempts to reach the database, and between checks for a missing
+#: schedules table, in seconds.
+CONNECT_RETRY_MIN, CONNECT_RETRY_MAX, MISSING_TABLE_RETRY = 0.2, 5.0, 30.0
+
+
+async def run_scheduler(
+    url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
+) -> None:
+    """The scheduler of a daemon (`who`: "jobd-master", "worker w1"), until cancelled.
+
+    The daemon runs without its schedules rather than not at all: a database that is
+    away is retried with backoff, a missing schedules table every 30 s."""
+    store = ScheduleStore(url, table, pool_size=1)
+    delay = CONNECT_RETRY_MIN
+    try:
+        while True:
+            try:
+                await store.connect()
+                present = await store.has_table()
+            except StorageError as exc:
+                await store.close()
+                log.warning("scheduler: database not ready, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CONNECT_RETRY_MAX)
+                continue
+            if present:
+                break
+            await store.close()
+            log.error(
+                "scheduler: table %s_schedules does not exist in %s (see schema.sql);"
+                " looking again in %g s", table, url.redacted(), MISSING_TABLE_RETRY,
+            )  # fmt: skip
+            await asyncio.sleep(MISSING_TABLE_RETRY)
+        log.info("scheduler of %s runs the schedules of %s_schedules", who, table)
+        await Scheduler(store, poke).run()
+    finally:
+        await store.close()

@@ -16,6 +16,8 @@ from jobd.config import ConfigError, MasterConfig, load_master_config
 from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
 from jobd.daemon import notify_systemd, watchdog
 from jobd.rpc import Dispatcher, Endpoint, bind_router
+from jobd.schedules import run_scheduler
+from jobd_master.events import EventPublisher
 from jobd_master.master import Master
 
 log = logging.getLogger("jobd_master")
@@ -47,7 +49,16 @@ async def run_master(config: MasterConfig) -> int:
             auth.stop()
         ctx.term()
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
-    master = Master(config)
+    try:
+        keys = curve.keys if curve else None
+        events = EventPublisher.bind(ctx, config.events, keys) if config.events else None
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+        raise StartupError(f"cannot publish events on {config.events}: {exc}") from None
+    master = Master(config, events)
     dispatcher = Dispatcher(protocol.MASTER_REQUESTS, master.handlers, log)
     endpoint = Endpoint(sock, dispatcher, log, first_number=secrets.randbelow(1 << 48) + 1)
     # Request numbers start at a random point: a worker may send a late reply to a request
@@ -55,6 +66,9 @@ async def run_master(config: MasterConfig) -> int:
     # for the answer to one of ours.  (rpc.Endpoint has no parameter for it yet.)
     endpoint.start()
     master.start(endpoint)
+    scheduler = start_scheduler(config, master)
+    if events is not None:
+        log.info("publishing job events on %s", events.address)
     log.info(
         "jobd-master %s listening on %s%s, ping interval %g s",
         __version__, config.listen, " (CURVE)" if curve else "", config.ping_interval,
@@ -72,13 +86,39 @@ async def run_master(config: MasterConfig) -> int:
     notify_systemd("STOPPING=1")
     if watchdog_task is not None:
         watchdog_task.cancel()
+    if scheduler is not None:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
     await master.stop()
     await endpoint.close()
+    if events is not None:
+        events.close()
     if auth is not None:
         auth.stop()
     ctx.term()
     log.info("stopped")
     return 0
+
+
+def start_scheduler(config: MasterConfig, master: Master) -> asyncio.Task[None] | None:
+    """With a database configured, the master runs the schedules; each fire pokes the
+    schedule's target like a client's poke would."""
+    if config.database is None:
+        return None
+
+    def poke(targets: list[str]) -> None:
+        master.poke(targets)
+
+    task = asyncio.create_task(
+        run_scheduler(config.database, config.table, poke, "jobd-master"), name="scheduler"
+    )
+    task.add_done_callback(_scheduler_ended)
+    return task
+
+
+def _scheduler_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the scheduler failed; schedules are off", exc_info=task.exception())
 
 
 def reload(master: Master, auth: Authenticator | None = None) -> None:
@@ -91,7 +131,7 @@ def reload(master: Master, auth: Authenticator | None = None) -> None:
     except ConfigError as exc:
         log.error("reload failed, keeping the running config: %s", exc)
         return
-    for key in ("listen", "curve", "allow_insecure"):
+    for key in ("listen", "curve", "allow_insecure", "database", "table", "events"):
         if getattr(config, key) != getattr(master.config, key):
             what = "listen address" if key == "listen" else key
             log.warning("reload: a new %s takes effect at the next restart", what)

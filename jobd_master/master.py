@@ -22,6 +22,7 @@ from jobd.config import MasterConfig
 from jobd.protocol import ErrorCode, RequestError
 from jobd.rpc import Endpoint, NoAnswer, request_envelope
 from jobd.worker import rss_bytes
+from jobd_master.events import EventPublisher
 from jobd_master.polls import PollFlow
 from jobd_master.registry import Envelope, Registry, WorkerEntry
 
@@ -40,8 +41,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class Master:
-    def __init__(self, config: MasterConfig) -> None:
+    def __init__(self, config: MasterConfig, events: EventPublisher | None = None) -> None:
         self.config = config
+        #: Where job events are published (None: the master publishes none).
+        self.events = events
         self.started = time.monotonic()
         self.registry = Registry()
         self.polls: dict[str, PollFlow] = {}
@@ -63,6 +66,7 @@ class Master:
             "status": self.handle_status,
             "run-manual": self.handle_run_manual,
             "send-signal": self.handle_send_signal,
+            "job-events": self.handle_job_events,
         }
 
     @property
@@ -218,7 +222,9 @@ class Master:
     # --- handlers: workers --------------------------------------------------------
 
     async def handle_ping(self, data: dict[str, Any]) -> Any:
-        return {"name": "jobd-master", "version": __version__}
+        # `events` tells clients where to subscribe (jobd.client waits with it).
+        events = self.events.address if self.events else None
+        return {"name": "jobd-master", "version": __version__, "events": events}
 
     async def handle_register_worker(self, data: dict[str, Any]) -> Any:
         envelope = request_envelope.get()
@@ -226,7 +232,9 @@ class Master:
         async with self._registering:
             worker = self.registry.get(name)
             if worker is not None and worker.envelope == envelope:
-                self.registry.update(worker, data["targets"], data["version"], data["listen"])
+                self.registry.update(
+                    worker, data["targets"], data["version"], data["listen"], data["descriptions"]
+                )
                 log.info("worker %s registered again, targets %s", name, _names(worker.targets))
             else:
                 if worker is not None:
@@ -235,8 +243,9 @@ class Master:
                 if previous is not None:  # same connection, new name: the old one is over
                     await self._drop(previous.name, f"its connection registered as {name}")
                 worker = WorkerEntry(
-                    name, envelope, data["targets"], data["version"], data["listen"]
-                )
+                    name, envelope, data["targets"], data["version"], data["listen"],
+                    descriptions=dict(data["descriptions"]),
+                )  # fmt: skip
                 self._add(worker)
                 log.info(
                     "worker %s registered from %s (listen %s), targets %s",
@@ -275,15 +284,21 @@ class Master:
 
     # --- handlers: clients --------------------------------------------------------
 
-    async def handle_poke(self, data: dict[str, Any]) -> Any:
-        targets: list[str] | None = data["targets"]
+    def poke(self, targets: list[str] | None) -> tuple[dict[str, asyncio.Future[bool]], list[str]]:
+        """Have the workers serving these targets (every target when None) poll; targets
+        that no live worker serves are remembered.  Returns, per worker, a future that
+        says when its poll went out, and the targets nobody serves.  Used by poke
+        requests and by the scheduler."""
         if targets:
             by_worker, unserved = self.registry.split(targets)
             self._remember(unserved)
         else:  # every target of every worker
             by_worker = {w.name: list(w.targets) for w in self.registry if w.targets}
             unserved = []
-        sent = {name: self.polls[name].poll(ts) for name, ts in by_worker.items()}
+        return {name: self.polls[name].poll(ts) for name, ts in by_worker.items()}, unserved
+
+    async def handle_poke(self, data: dict[str, Any]) -> Any:
+        sent, unserved = self.poke(data["targets"])
         if sent:
             # asyncio.wait, not gather: these futures are shared with other pokes and
             # must not be cancelled with this one.
@@ -333,6 +348,7 @@ class Master:
             "rss": rss_bytes(),
             "listen": self.config.listen,
             "ping_interval": self.ping_interval,
+            "events": self.events.describe() if self.events else None,
             "workers": workers,
             "remembered": sorted(self.remembered),
         }
@@ -411,6 +427,21 @@ class Master:
         for job_id, result in sent.items():
             log.info("sent %s to job %d on %s", result["signal"], job_id, result["worker"])
         return {"jobs": sent, "errors": errors}
+
+    async def handle_job_events(self, data: dict[str, Any]) -> Any:
+        """Publish a worker's job events.  Only a registered worker's connection may send
+        them, and each event carries that worker's registered name."""
+        worker = self.registry.by_envelope(request_envelope.get())
+        if worker is None:
+            raise RequestError(
+                ErrorCode.NOT_FOUND, "job events are taken from registered workers only"
+            )
+        events = data["events"]
+        for event in events:
+            event["worker"] = worker.name
+        if self.events is not None:
+            self.events.publish(events)
+        return {"events": len(events)}
 
 
 def _names(targets: Mapping[str, Any]) -> str:

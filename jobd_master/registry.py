@@ -26,6 +26,8 @@ class WorkerEntry:
     last_seen: float = field(default_factory=time.time)
     #: Pings in a row that got no answer; the worker is dropped at MISSED_PINGS.
     missed_pings: int = 0
+    #: {target: description} from the worker's config (`jobctl targets`).
+    descriptions: dict[str, str] = field(default_factory=dict)
 
     @property
     def connection(self) -> str:
@@ -49,6 +51,7 @@ class WorkerEntry:
             "connected_since": round(self.connected_since, 3),
             "last_seen": round(self.last_seen, 3),
             "missed_pings": self.missed_pings,
+            "descriptions": self.descriptions,
         }
 
 
@@ -78,9 +81,11 @@ class Registry:
         targets: Mapping[str, Mapping[str, int]],
         version: str,
         listen: str,
+        descriptions: Mapping[str, str] | None = None,
     ) -> None:
         """A re-registration over the same connection: new targets, same connection."""
         entry.targets = {t: dict(slots) for t, slots in targets.items()}
+        entry.descriptions = dict(descriptions or {})
         entry.version = version
         entry.listen = listen
         entry.seen()

@@ -161,6 +161,7 @@ class Daemon:
     address: str
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    events: str | None = None  # a master's PUB endpoint
     _log: Any = field(default=None, repr=False)
     #: jobd.curve.ClientCurve for a daemon with CURVE keys (readiness checks, request).
     curve: Any = None
@@ -269,7 +270,8 @@ def start_worker(jobs: Jobs, tmp_path: Path, daemons: list[Daemon]) -> Callable[
 
 @pytest.fixture
 def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]:
-    """start_master(ping_interval=0.3, **config) -> a running jobd-master process.
+    """start_master(ping_interval=0.3, **config) -> a running jobd-master process; its
+    events endpoint is `daemon.events`.
 
     A killed master can be started again on the same address with `daemon.start()`."""
     counter = iter(range(1000))
@@ -278,6 +280,8 @@ def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]
         n = next(counter)
         settings: dict[str, Any] = {
             "listen": f"tcp://127.0.0.1:{free_port()}",
+            # Its own PUB port: the default 7082 is shared by every master on the host.
+            "events": f"tcp://127.0.0.1:{free_port()}",
             "ping_interval": 0.3,
             "log": {"level": "info"},
         }
@@ -289,6 +293,7 @@ def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]
             config_path=path,
             address=settings["listen"],
             log_path=tmp_path / f"master{n}.log",
+            events=settings["events"] or None,
         )
         daemons.append(daemon)
         return daemon.start(wait=wait)
