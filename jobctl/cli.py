@@ -19,7 +19,9 @@ import click
 from jobctl import render, settings
 from jobctl.connection import MASTER, WORKER, Daemon
 from jobctl.keygen import keygen
+from jobctl.queue import add, jobs, purge, show, stats, targets, wait
 from jobctl.recover import recover
+from jobctl.schedule import schedule
 from jobd import __version__
 from jobd.config import DATABASE_URL_ENV
 
@@ -126,6 +128,9 @@ def main(
 
 main.add_command(recover)
 main.add_command(keygen)
+# The commands on the jobs table (jobctl.queue, jobctl.schedule): they need --database.
+for _command in (add, wait, jobs, show, stats, targets, purge, schedule):
+    main.add_command(_command)
 
 
 def _targets(targets: Sequence[str]) -> dict[str, Any]:
