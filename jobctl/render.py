@@ -160,6 +160,8 @@ def master_status(reply: Mapping[str, Any]) -> str:
         "ping interval": f"{reply['ping_interval']:g} s",
         "workers": len(reply["workers"]),
         "remembered pokes": ", ".join(reply.get("remembered", [])) or "none",
+        "job events": (reply.get("events") or {}).get("address") or "off",
+        "schedules": reply.get("schedules") or "off (no database)",
     })  # fmt: skip
     return lines(head, workers(reply))
 

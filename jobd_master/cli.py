@@ -10,7 +10,7 @@ import click
 from jobd import __version__
 from jobd.config import DEFAULT_MASTER_CONFIG, ConfigError, load_master_config
 from jobd.logs import setup_logging
-from jobd_master.daemon import StartupError, load_curve, run_master
+from jobd_master.daemon import StartupError, check_schedules, load_curve, run_master
 
 #: Exit status for a configuration or setup the master cannot run with.
 EXIT_CONFIG = 2
@@ -36,10 +36,12 @@ def main(config_path: str, check: bool) -> None:
     if check:
         try:
             load_curve(config)  # the key files are readable and hold keys
+            asyncio.run(check_schedules(config))
         except StartupError as exc:
             click.echo(f"jobd-master: {config_path}: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
-        click.echo(f"jobd-master: {config_path}: OK (listen {config.listen})")
+        schedules = f", schedules of {config.table}" if config.database else ""
+        click.echo(f"jobd-master: {config_path}: OK (listen {config.listen}{schedules})")
         sys.exit(0)
     setup_logging(config.log_level, "jobd-master")
     try:

@@ -15,8 +15,9 @@ from jobd import __version__, protocol
 from jobd.config import ConfigError, MasterConfig, load_master_config
 from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
 from jobd.daemon import notify_systemd, watchdog
+from jobd.db import StorageError
 from jobd.rpc import Dispatcher, Endpoint, bind_router
-from jobd.schedules import run_scheduler
+from jobd.schedules import ScheduleStore, run_scheduler
 from jobd_master.events import EventPublisher
 from jobd_master.master import Master
 
@@ -98,6 +99,24 @@ async def run_master(config: MasterConfig) -> int:
     ctx.term()
     log.info("stopped")
     return 0
+
+
+async def check_schedules(config: MasterConfig) -> None:
+    """--check: a configured database answers and has the schedules table."""
+    if config.database is None:
+        return
+    store = ScheduleStore(config.database, config.table, pool_size=1)
+    try:
+        await store.connect()
+        if not await store.has_table():
+            raise StartupError(
+                f"table {config.table}_schedules does not exist in {config.database.redacted()}"
+                " (see schema.sql)"
+            )
+    except StorageError as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        await store.close()
 
 
 def start_scheduler(config: MasterConfig, master: Master) -> asyncio.Task[None] | None:

@@ -349,9 +349,15 @@ class Master:
             "listen": self.config.listen,
             "ping_interval": self.ping_interval,
             "events": self.events.describe() if self.events else None,
+            "schedules": self._schedules(),
             "workers": workers,
             "remembered": sorted(self.remembered),
         }
+
+    def _schedules(self) -> str | None:
+        """Where the scheduler of this master reads its schedules (None: it has none)."""
+        database = self.config.database
+        return f"{database.redacted()} {self.config.table}_schedules" if database else None
 
     async def handle_run_manual(self, data: dict[str, Any]) -> Any:
         plan: dict[str, list[int]] = {}

@@ -230,7 +230,11 @@ def test_a_non_loopback_address_needs_keys_or_allow_insecure(tmp_path: Path, key
         ({"curve": keys.server_config("master", str(keys.dir / "master-allows"))},
          keys.client("ops", "master")),
     ):  # fmt: skip
-        config.write_text(yaml.safe_dump({"listen": f"tcp://0.0.0.0:{port}", **extra}))
+        # Its own events port: the default 7082 may be taken by another master.
+        events = f"tcp://127.0.0.1:{free_port()}"
+        config.write_text(
+            yaml.safe_dump({"listen": f"tcp://0.0.0.0:{port}", "events": events, **extra})
+        )
         with subprocess.Popen(
             [sys.executable, "-m", "jobd_master", "--config", str(config)],
             stderr=subprocess.PIPE,

@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import subprocess
+import sys
 import time
 
 import msgpack
 import pytest
+import yaml
 import zmq
 
 from jobd import waiting
 from jobd.client import AsyncJobd, Jobd, JobNotFound, RequestError, WaitTimeout, call
 
-from conftest import Daemon, wait_for
+from conftest import Daemon, free_port, wait_for
 
 
 def registered(master: Daemon, *names: str) -> None:
@@ -225,3 +228,42 @@ def test_catch_up_after_downtime_when_the_master_starts(jobs, start_master):
     assert (row["schedule_id"], row["scheduled_at"]) == (once.id, missed + 5 * 3600)
     schedules = jobs.execute(f"SELECT id, next_fire FROM `{jobs.table}_schedules` ORDER BY id")
     assert schedules == [(once.id, missed + 6 * 3600), (skip.id, missed + 6 * 3600)]
+
+
+def master_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jobd_master", *args], capture_output=True, text=True, timeout=20
+    )
+
+
+def test_master_database_and_events_config(jobs, tmp_path, start_master):
+    path = tmp_path / "master.yaml"
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    path.write_text(yaml.safe_dump({"listen": listen, "database": jobs.db.url_string,
+                                    "table": jobs.table}))  # fmt: skip
+    done = master_cli("--check", "--config", str(path))
+    assert done.returncode == 0 and f"schedules of {jobs.table})" in done.stdout, done.stderr
+    path.write_text(yaml.safe_dump({"listen": listen, "database": jobs.db.url_string,
+                                    "table": "no_such_table"}))  # fmt: skip
+    done = master_cli("--check", "--config", str(path))
+    assert done.returncode == 2 and "table no_such_table_schedules does not exist" in done.stderr
+    bad_configs = [
+        ({"events": "7082"}, "events: expected a ZeroMQ endpoint or false"),
+        ({"table": "x y"}, "table: expected a table name"),
+        ({"database": "http://x"}, "database: scheme must be mysql://"),
+    ]
+    for bad, message in bad_configs:
+        path.write_text(yaml.safe_dump({"listen": listen, **bad}))
+        done = master_cli("--check", "--config", str(path))
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+
+    # events: false publishes nothing; the status says where schedules and events are.
+    quiet = start_master(events=False)
+    assert quiet.request("ping")["events"] is None
+    assert quiet.request("status")["schedules"] is None
+    busy = start_master(wait=False, events=quiet.address)  # a bound address
+    assert busy.process.wait(10) == 2 and "cannot publish events on" in busy.log()
+    master = start_master(database=jobs.db.url_string, table=jobs.table)
+    status = master.request("status")
+    assert status["events"]["address"] == master.events
+    assert status["schedules"].endswith(f"/{jobs.db.url.database} {jobs.table}_schedules")
