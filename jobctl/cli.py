@@ -11,6 +11,7 @@ sent, and sent with jobd.client: jobctl has no second copy of either.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ import click
 from jobctl import render, settings
 from jobctl.connection import MASTER, WORKER, Daemon
 from jobctl.keygen import keygen
-from jobctl.queue import add, jobs, purge, show, stats, targets, wait
+from jobctl.queue import add, jobs, opened, purge, show, stats, targets, wait
 from jobctl.recover import recover
 from jobctl.schedule import schedule
 from jobd import __version__
@@ -292,7 +293,8 @@ _TARGET_HELP = "Master: the target of the jobs (the master routes by target)."
 
 def _routed_target(daemon: Daemon, command: str, target: str | None) -> str | None:
     if daemon.kind == MASTER and target is None:
-        raise click.UsageError(f"{command} through the master needs --target TARGET")
+        hint = " (or, for run-manual, a database)" if command == "run-manual" else ""
+        raise click.UsageError(f"{command} through the master needs --target TARGET{hint}")
     if daemon.kind == WORKER and target is not None:
         raise click.UsageError("--target is a master option (a worker knows its jobs)")
     return target
@@ -310,7 +312,12 @@ def run_manual(daemon: Daemon, ids: tuple[int, ...], target: str | None, wait: f
     """Run manual jobs now; show the outcome.
 
     The rows IDS must be in status 'manual'.  Through the master, --target names
-    their target (the master routes by target)."""
+    their target (the master routes by target); without it, their rows tell it, read
+    from the database (--database, JOBD_DATABASE_URL or database: of ~/.jobctl.yaml)."""
+    if daemon.kind == MASTER and target is None and _has_database(daemon):
+        with opened(daemon) as jobd:
+            daemon.show(jobd.run_manual(list(ids), timeout=wait), render.manual)
+        return
     target = _routed_target(daemon, "run-manual", target)
     if daemon.kind == MASTER:
         data: dict[str, Any] = {"jobs": [{"id": i, "target": target} for i in ids]}
@@ -319,6 +326,12 @@ def run_manual(daemon: Daemon, ids: tuple[int, ...], target: str | None, wait: f
     daemon.validate("run-manual", data)
     daemon.request("ping")  # no answer is told within --timeout, not after --wait
     daemon.show(daemon.request("run-manual", data, timeout=wait), render.manual)
+
+
+def _has_database(daemon: Daemon) -> bool:
+    return bool(
+        daemon.database_option or os.environ.get(DATABASE_URL_ENV) or daemon.defaults.database
+    )
 
 
 @main.command("send-signal")

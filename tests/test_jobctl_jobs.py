@@ -86,6 +86,13 @@ def test_add_wait_prints_the_outcome_and_exits_like_the_job(jobs, cluster):
     late = jobctl(*base, "add", "ok", "--in", "60", "--wait", "--wait-timeout", "0.3", status=124)
     assert json.loads(late.stdout)["status"] == "unfinished"
 
+    # run-manual through the master: with a database, the rows tell the targets.
+    manual = jobctl_json(*base, "add", "fail", "--manual")["id"]
+    reply = jobctl_json(*base, "run-manual", manual)  # a failed job is no error of jobctl
+    assert reply["jobs"][str(manual)]["code"] == 3 and reply["errors"] == {}
+    assert "needs --target TARGET" in jobctl("--master", cluster.address, "run-manual", 1,
+                                             status=2).stderr  # fmt: skip
+
     # targets: from the master's registry, with the worker's descriptions
     rows = table_rows(jobctl("--master", cluster.address, "targets").stdout)
     assert rows[0] == ["TARGET", "DESCRIPTION", "WORKERS"]
