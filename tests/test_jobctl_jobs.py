@@ -19,6 +19,7 @@ import pytest
 from test_jobctl import jobctl, jobctl_json, table_rows
 
 from jobctl.times import parse_duration, parse_since, parse_time
+from jobd.catalog import PURGE_BATCH, CatalogQueries
 
 from conftest import Daemon, free_port, wait_for
 
@@ -294,3 +295,19 @@ def test_time_and_duration_options():
     for bad in ("", "1x", "h"):
         with pytest.raises(Exception, match="duration"):
             parse_duration(bad, "--in")
+
+
+def test_a_purge_batch_reads_only_the_rows_it_deletes(jobs):
+    # Enough finished rows, most of them old enough, that a plan other than the finished
+    # key in order would sort them all for every batch.
+    jobs.insert("t", 20_000, status="done", result="ok")
+    jobs.execute(f"UPDATE `{jobs.table}` SET time_finished = id")
+    jobs.execute(f"ANALYZE TABLE `{jobs.table}`")
+    sql = CatalogQueries.purge_batch.format(t=f"`{jobs.table}`")
+    with jobs.conn.cursor() as cur:
+        cur.execute("EXPLAIN " + sql, ("done", 15_000, PURGE_BATCH))
+        columns = [c[0] for c in cur.description]
+        (plan,) = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    assert plan["key"] == "finished_idx", plan
+    assert "filesort" not in (plan["Extra"] or ""), plan
+    assert jobs.count() == 20_000  # EXPLAIN deleted nothing
