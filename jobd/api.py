@@ -405,16 +405,22 @@ class Jobd:
 
     def __init__(self, database: str | DatabaseURL, **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self.jobd = AsyncJobd(database, **options)
-        self._run(self.jobd.connect())
+        try:
+            self.jobd = AsyncJobd(database, **options)
+            self._run(self.jobd.connect())
+        except BaseException:
+            self._loop.close()
+            raise
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coroutine)
 
     def close(self) -> None:
         if not self._loop.is_closed():
-            self._run(self.jobd.close())
-            self._loop.close()
+            try:
+                self._run(self.jobd.close())
+            finally:
+                self._loop.close()
 
     def __enter__(self) -> Jobd:
         return self

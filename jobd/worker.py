@@ -45,7 +45,9 @@ RETRY_MIN, RETRY_MAX = 0.2, 5.0
 #: Seconds the writer waits for more outcomes while other jobs run (see _writer_loop).
 WRITE_COALESCE = 0.005
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
-RESTART_KEYS = ("name", "listen", "master", "database", "table", "curve", "allow_insecure")
+RESTART_KEYS = (
+    "name", "listen", "master", "database", "table", "curve", "allow_insecure", "scheduler",
+)  # fmt: skip
 
 
 class ManualRunCancelled(Exception):
