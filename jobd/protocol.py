@@ -14,6 +14,7 @@ it and jobctl validates outgoing ones with it.  It imports nothing of ours.
 from __future__ import annotations
 
 import re
+import reprlib
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,20 @@ class RequestError(Exception):
 
 def bad_request(message: str) -> RequestError:
     return RequestError(ErrorCode.BAD_REQUEST, message)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 2, 40, 40, 40
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = _SHORT.maxset = 4
+
+
+def short(value: Any) -> str:
+    """A repr of untrusted data for an error message, bounded in length and depth (the
+    plain repr of a deeply nested value raises RecursionError, and of a huge one takes
+    time and memory)."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value[:40])
+    return _SHORT.repr(value)
 
 
 # --- value checkers -------------------------------------------------------------
@@ -147,7 +162,7 @@ def check_signal(value: Any, key: str) -> signal.Signals:
             return signal.Signals(value)
     except (KeyError, ValueError):
         pass
-    raise bad_request(f"{key}: not a signal: {value!r:.40}")
+    raise bad_request(f"{key}: not a signal: {short(value)}")
 
 
 def check_signal_map(value: Any, key: str) -> dict[int, signal.Signals]:
@@ -186,9 +201,9 @@ def _records(value: Any, key: str, fields: Mapping[str, Check]) -> list[dict[str
         where = f"{key}[{i}]"
         if not isinstance(item, dict):
             raise bad_request(f"{where}: expected a map, got {_type_name(item)}")
-        unknown = set(item) - set(fields)
+        unknown = [k for k in item if k not in fields]
         if unknown:
-            raise bad_request(f"{where}: unknown key {sorted(map(str, unknown))[0]!r:.40}")
+            raise bad_request(f"{where}: unknown key {short(unknown[0])}")
         record = {}
         for name, check in fields.items():
             if name not in item:
@@ -322,7 +337,7 @@ class RequestType:
             raise bad_request(f"data: expected a map, got {_type_name(data)}")
         unknown = [k for k in data if k not in self.fields]
         if unknown:
-            raise bad_request(f"{self.name}: unknown field {str(unknown[0])!r:.40}")
+            raise bad_request(f"{self.name}: unknown field {short(unknown[0])}")
         clean: dict[str, Any] = {}
         for name, spec in self.fields.items():
             if name in data and data[name] is not None:
@@ -452,7 +467,19 @@ def error_message(no: Any, code: ErrorCode | str, message: str) -> dict[str, Any
 
 
 def is_reply(message: Any) -> bool:
-    return isinstance(message, dict) and "type" not in message and "no" in message
+    """A reply: {"no", "data"} or {"no", "error", "code"}, nothing else.  A daemon never
+    answers a reply (an unexpected one is dropped), so two daemons can never bounce error
+    replies back and forth; anything else that is not a valid request gets an error."""
+    return (
+        isinstance(message, dict)
+        and "type" not in message
+        and "no" in message
+        and ("data" in message or "error" in message)
+        and message.keys() <= _REPLY_KEYS
+    )
+
+
+_REPLY_KEYS = frozenset({"no", "data", "error", "code"})
 
 
 def parse_request(
@@ -472,7 +499,7 @@ def parse_request(
         raise bad_request("type: expected a string")
     request_type = table.get(type_)
     if request_type is None:
-        raise RequestError(ErrorCode.UNKNOWN_REQUEST, f"unknown request type {type_!r:.60}")
+        raise RequestError(ErrorCode.UNKNOWN_REQUEST, f"unknown request type {short(type_)}")
     return no, type_, request_type.validate(message.get("data"))
 
 

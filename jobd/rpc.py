@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,16 @@ request_envelope: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.Contex
 )
 #: Called with the envelope (ROUTER identity frames) of each incoming request.
 PeerHook = Callable[[Sequence[bytes]], None]
+
+
+#: Seconds between warnings about replies dropped for peers that do not read them.
+DROPPED_LOG_INTERVAL = 60.0
+#: Requests being answered at once (each a task) before the socket is read no further;
+#: far above real use, so that only a flood meets it, and its memory stays bounded.
+MAX_IN_FLIGHT = 10_000
+#: Messages read in a row before the loop lets the answering tasks run (a burst read whole
+#: lets the master gather its pokes into few polls; the tasks hold only checked data).
+YIELD_EVERY = 1000
 
 
 class NoAnswer(Exception):
@@ -55,17 +66,31 @@ class Dispatcher:
         self.handlers = handlers
         self.log = log
 
-    async def dispatch(self, message: Any) -> dict[str, Any]:
+    def parse(self, message: Any) -> tuple[int, str, dict[str, Any]] | dict[str, Any]:
+        """(no, type, clean data) of a valid request, else its error reply."""
         no = protocol.request_no(message)
         try:
-            no, type_, data = protocol.parse_request(message, self.table)
-            self.log.debug("request %s #%s", type_, no)
+            return protocol.parse_request(message, self.table)
+        except RequestError as exc:
+            return protocol.error_message(no, exc.code, exc.message)
+        except Exception:
+            self.log.exception("request #%s could not be checked", no)
+            return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
+
+    async def run(self, no: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a request `parse` accepted."""
+        self.log.debug("request %s #%s", type_, no)
+        try:
             return protocol.reply_message(no, await self.handlers[type_](data))
         except RequestError as exc:
             return protocol.error_message(no, exc.code, exc.message)
         except Exception:
             self.log.exception("request #%s failed", no)
             return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
+
+    async def dispatch(self, message: Any) -> dict[str, Any]:
+        parsed = self.parse(message)
+        return parsed if isinstance(parsed, dict) else await self.run(*parsed)
 
 
 def configure_socket(sock: zmq.Socket, max_message_size: int = protocol.MAX_MESSAGE_SIZE) -> None:
@@ -91,9 +116,13 @@ class Endpoint:
         # A daemon that restarts may start its numbering elsewhere, so a late reply meant
         # for its previous life never matches one of its new requests.
         self._numbers = itertools.count(first_number)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: Requests awaiting a reply: number -> (the envelope it went to, its future).
+        self._pending: dict[int, tuple[tuple[bytes, ...], asyncio.Future[dict[str, Any]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
+        self.dropped_replies = 0
+        self._room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT tasks run
+        self._dropped_logged = -DROPPED_LOG_INTERVAL
         self._plain: zmq.Socket | None = None
 
     def start(self) -> None:
@@ -106,12 +135,18 @@ class Endpoint:
                 await self._reader
         for task in list(self._tasks):
             task.cancel()
-        for future in self._pending.values():
+        for _, future in self._pending.values():
             future.cancel()
         self.sock.close(linger=0)
 
     async def _read_loop(self) -> None:
+        burst = 0
         while True:
+            if len(self._tasks) >= MAX_IN_FLIGHT:
+                # Stop reading: the socket's queue fills and TCP pushes back on the senders.
+                self._room.clear()
+                self.log.warning("%d requests in progress; reading paused", len(self._tasks))
+                await self._room.wait()
             try:
                 frames = await self.sock.recv_multipart(copy=True)
             except zmq.ZMQError as exc:
@@ -120,6 +155,12 @@ class Endpoint:
                 self.log.warning("receive failed: %s", exc)
                 continue
             self._received(frames)
+            # Awaiting a message that is already there does not yield: without this, a
+            # flood would be read (and its tasks made) before any of them could run.
+            burst += 1
+            if burst >= YIELD_EVERY:
+                burst = 0
+                await asyncio.sleep(0)
 
     def _received(self, frames: list[bytes]) -> None:
         envelope, payload = frames[:-1], frames[-1]
@@ -129,32 +170,74 @@ class Endpoint:
             self._spawn(self._send(envelope, protocol.error_message(None, exc.code, exc.message)))
             return
         if protocol.is_reply(message):
-            future = self._pending.pop(message["no"], None) if _hashable(message["no"]) else None
-            if future is not None and not future.done():
-                future.set_result(message)
+            self._reply(tuple(envelope), message)
             return
         if self.dispatcher is None:
             return  # a plain client does not answer requests
         if self.on_request is not None:
             self.on_request(envelope)
         request_envelope.set(tuple(envelope))
-        self._spawn(self._answer(envelope, message))
+        # Checked here, before the next message is read: only the clean data lives on in
+        # the task, so a burst of big messages never holds more than one decoded at once
+        # (a 1 MiB message can decode to 60 MiB of objects).
+        parsed = self.dispatcher.parse(message)
+        del message
+        if isinstance(parsed, dict):
+            self._spawn(self._send(envelope, parsed))
+        else:
+            self._spawn(self._answer(envelope, *parsed))
 
-    async def _answer(self, envelope: list[bytes], message: Any) -> None:
+    def _reply(self, envelope: tuple[bytes, ...], message: dict[str, Any]) -> None:
+        no = message["no"]
+        pending = self._pending.get(no) if _hashable(no) else None
+        # Only the peer a request went to may answer it: on the master's ROUTER, shared by
+        # workers and clients, anyone could otherwise answer a request meant for a worker.
+        if pending is None or pending[0] != envelope:
+            self.log.debug("unexpected reply #%s dropped", protocol.short(no))
+            return
+        del self._pending[no]
+        if not pending[1].done():
+            pending[1].set_result(message)
+
+    async def _answer(
+        self, envelope: list[bytes], no: int, type_: str, data: dict[str, Any]
+    ) -> None:
         assert self.dispatcher is not None
-        await self._send(envelope, await self.dispatcher.dispatch(message))
+        await self._send(envelope, await self.dispatcher.run(no, type_, data))
 
     async def _send(self, envelope: Sequence[bytes], message: Mapping[str, Any]) -> None:
+        """Send a reply now or never: a peer whose queue is full (SNDHWM) does not read
+        its replies, and waiting for it would pile up tasks and memory for every request
+        it sends and stall the socket for everyone else."""
         try:
-            await self.sock.send_multipart([*envelope, protocol.encode(message)])
+            await self.sock.send_multipart(
+                [*envelope, protocol.encode(message)], flags=zmq.DONTWAIT
+            )
+        except zmq.Again:
+            self._reply_dropped()
         except zmq.ZMQError as exc:
             # The peer went away (ROUTER_MANDATORY) or the socket is closing.
             self.log.debug("reply not sent: %s", exc)
 
+    def _reply_dropped(self) -> None:
+        self.dropped_replies += 1
+        now = time.monotonic()
+        if now - self._dropped_logged >= DROPPED_LOG_INTERVAL:  # a flood must not flood the log
+            self._dropped_logged = now
+            self.log.warning(
+                "a peer does not read its replies; dropping them (%d so far)",
+                self.dropped_replies,
+            )
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < MAX_IN_FLIGHT:
+            self._room.set()
 
     async def request(
         self,
@@ -170,7 +253,7 @@ class Endpoint:
         """
         no = next(self._numbers)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[no] = future
+        self._pending[no] = (tuple(envelope), future)
         try:
             try:
                 message = protocol.encode(protocol.request_message(no, type_, data))
