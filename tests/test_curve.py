@@ -5,6 +5,7 @@ allow_insecure; authorized keys are read again on SIGHUP."""
 
 from __future__ import annotations
 
+import re
 import signal
 import stat
 import subprocess
@@ -321,3 +322,34 @@ def test_keygen(tmp_path: Path):
     assert pair.keys.secret.decode() not in out  # the secret is never printed
     again = jobctl("keygen", tmp_path / "k", "web-1", status=1)
     assert "exists; not overwriting a key" in again.stderr
+
+
+def uncommented_curve(example: Path, keys: Keys) -> str:
+    """An example config with its commented `curve:` section switched on, its key paths
+    pointing at real keys."""
+    text = example.read_text()
+    section = re.search(r"^# curve:\n((?:#   .*\n)+)", text, flags=re.M)
+    assert section, f"{example} has no commented curve: section"
+    body = re.sub(r"^#   ", "  ", section.group(1), flags=re.M)
+    text = text.replace(section.group(0), "curve:\n" + body)
+    text = re.sub(r"/etc/jobd/curve/[\w.-]+\.key_secret", keys.pair("w0"), text)
+    text = re.sub(r"/etc/jobd/curve/[\w.-]+\.key\b", keys.public("master"), text)
+    return re.sub(r"/etc/jobd/curve/(clients|authorized)", str(keys.dir / "workers-allow"), text)
+
+
+def test_the_example_configs_curve_sections_are_valid(keys: Keys, jobs, tmp_path: Path):
+    examples = Path(__file__).resolve().parent.parent / "config"
+    master = tmp_path / "jobd-master.yaml"
+    master.write_text(uncommented_curve(examples / "jobd-master.yaml", keys))
+    worker = tmp_path / "jobd.yaml"
+    config = yaml.safe_load(uncommented_curve(examples / "jobd.yaml", keys))
+    worker.write_text(
+        yaml.safe_dump({**config, "database": jobs.db.url_string, "table": jobs.table})
+    )
+    for program, path in (("jobd_master", master), ("jobd", worker)):
+        done = subprocess.run(
+            [sys.executable, "-m", program, "--check", "--config", str(path)],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert yaml.safe_load(path.read_text())["curve"]["secret_key_file"] == keys.pair("w0")
