@@ -296,20 +296,30 @@ def test_worker_with_a_master_needs_its_public_key(keys: Keys, jobs):
     assert "curve.server_key_file: required with master: (the master's public key)" in done.stderr
 
 
-def test_sighup_reads_the_authorized_keys_again(start_master, keys: Keys):
-    master = curve_master(start_master, keys)
-    intruder = keys.client("intruder", "master")
+@pytest.mark.parametrize("kind", ["master", "worker"])
+def test_sighup_reads_the_authorized_keys_again(kind, jobs, start_master, start_worker, keys):
+    if kind == "master":
+        daemon, folder = curve_master(start_master, keys), "master-allows"
+    else:
+        daemon, folder = curve_worker(start_worker, keys, "w0"), "workers-allow"
+    server = "master" if kind == "master" else "w0"
+    intruder = keys.client("intruder", server)
     with pytest.raises(NoAnswer):
-        call(master.address, "ping", timeout=0.5, curve=intruder)
+        call(daemon.address, "ping", timeout=0.5, curve=intruder)
     # Rotation: the new key is added and the old one removed, then SIGHUP.
-    keys.authorize("master-allows", "intruder")
-    (keys.dir / "master-allows" / "ops.key").unlink()
-    master.signal(signal.SIGHUP)
-    wait_for(lambda: "authorized keys reloaded" in master.log(), 5, "reload")
-    assert "2 keys (1 new, 1 removed)" in master.log()
-    assert call(master.address, "ping", timeout=5, curve=intruder)["name"] == "jobd-master"
+    keys.authorize(folder, "intruder")
+    (keys.dir / folder / "ops.key").unlink()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "authorized keys reloaded" in daemon.log(), 5, "reload")
+    assert "(1 new, 1 removed)" in daemon.log()
+    assert call(daemon.address, "ping", timeout=5, curve=intruder)["version"]
     with pytest.raises(NoAnswer):
-        call(master.address, "ping", timeout=0.5, curve=keys.client("ops", "master"))
+        call(daemon.address, "ping", timeout=0.5, curve=keys.client("ops", server))
+    # A directory that cannot be read keeps the keys in force.
+    (keys.dir / folder).rename(keys.dir / "gone")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: "keeping the authorized keys in force" in daemon.log(), 5, "refusal")
+    assert call(daemon.address, "ping", timeout=5, curve=intruder)["version"]
 
 
 def test_keygen(tmp_path: Path):
