@@ -87,6 +87,8 @@ def load_key_pair(path: str) -> KeyPair:
             f"{path}: no valid secret key in it (give the .key_secret file, not the .key)"
         )
     assert secret is not None
+    if zmq.curve_public(secret) != public:
+        raise CurveError(f"{path}: its public key does not belong to its secret key")
     return KeyPair(public, secret)
 
 

@@ -267,9 +267,16 @@ def _answers(address: str, curve: ClientCurve | None) -> bool:
          "nope: not a directory of public .key files"),
         ({"secret_key_file": "master.key_secret", "authorized_keys": "master-allows",
           "server_key_file": "master.key"}, "curve.server_key_file: unknown key"),
+        ({"secret_key_file": "mixed.key_secret", "authorized_keys": "master-allows"},
+         "mixed.key_secret: its public key does not belong to its secret key"),
     ],
 )  # fmt: skip
 def test_bad_curve_config_exits_2(keys: Keys, curve: dict[str, str], message: str):
+    # A pair file whose public line is another key's.
+    theirs = zmq.auth.load_certificate(keys.pair("master"))[0].decode()
+    ours = zmq.auth.load_certificate(keys.pair("w0"))[0].decode()
+    mixed = Path(keys.pair("w0")).read_text().replace(ours, theirs)
+    (keys.dir / "mixed.key_secret").write_text(mixed)
     config = keys.dir / "master.yaml"  # key paths are relative to the config file
     config.write_text(yaml.safe_dump({"listen": f"tcp://127.0.0.1:{free_port()}", "curve": curve}))
     for args in (["--check"], []):
