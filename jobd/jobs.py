@@ -28,8 +28,10 @@ class Job:
     schedule_id: int | None = None
 
     def order_key(self) -> tuple[int, int, int]:
-        # Manual runs first (an operator is waiting), then priority, then id.
-        return (0 if self.manual else 1, -self.priority, self.id)
+        # Manual runs first (an operator is waiting), then jobs whose rows say 'running'
+        # already (claimed for a free place), then priority, then id.
+        rank = 0 if self.manual else 1 if self.marked_running else 2
+        return (rank, -self.priority, self.id)
 
 
 @dataclass(frozen=True, slots=True)

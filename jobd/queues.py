@@ -63,7 +63,9 @@ class SlotQueue:
         """Jobs that may start now; when paused, only manual runs (an operator asked)."""
         while self.queued and len(self.running) < self.concurrency:
             job = self.queued[0][1]
-            if paused and not job.manual:
+            # A job the claim already marked 'running' starts even if the target was
+            # paused meanwhile: its row says it runs, and so it shall.
+            if paused and not (job.manual or job.marked_running):
                 return
             heapq.heappop(self.queued)
             self.running.add(job.id)

@@ -143,7 +143,9 @@ def test_pause_and_continue(jobs, start_worker):
 
 
 def test_pause_lets_running_jobs_finish(jobs, start_worker):
-    worker = start_worker({"t": 1}, command="sleep 0.3")
+    # The first job runs long enough for the pause to land while it runs, even on a
+    # machine that is slow for a moment.
+    worker = start_worker({"t": 1}, command="sleep 1")
     first, second = jobs.insert("t", 2)
     worker.request("poll")
     wait_for(lambda: jobs.row(first)["status"] == "running", 5, "first job running")
