@@ -170,7 +170,7 @@ def test_priority_then_id_order_within_a_slot(jobs, start_worker, tmp_path):
 
 
 def test_targets_can_be_added_removed_and_resized(jobs, start_worker):
-    worker = start_worker({"t": 1}, command="sleep 0.2")
+    worker = start_worker({"t": 1}, command="sleep 1")
     reply = worker.request("add-target", {"target": "new", "slots": {"a": 1, "b": 2}})
     assert reply == {"target": "new", "slots": {"a": 1, "b": 2}}
     assert worker.request("status")["targets"]["new"]["slots"]["b"]["concurrency"] == 2
