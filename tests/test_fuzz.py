@@ -33,11 +33,11 @@ from conftest import wait_for
 SEED = 20261122
 #: Frames before the memory baseline is taken (the allocator reaches the high-water mark
 #: of the largest messages decoded at once), then the run.
-WARMUP, COUNT = 3_000, 10_000
+WARMUP, COUNT = 2_000, 10_000
 #: Frames in flight at once; and the longest wait for the next reply before it is a hang.
 WINDOW, HANG = 32, 10.0
 #: Frames of the mix without the big ones after the main run: memory must stay flat.
-STEADY = 5_000
+STEADY = 3_000
 #: How much the daemon's RSS may grow over the main run: decoding a 1 MiB message makes
 #: up to 60 MiB of small objects, and after some of those the allocator's heap is more
 #: fragmented (measured: 5 to 14 MiB; it comes and goes, 60,000 frames stay below 30 MiB).
