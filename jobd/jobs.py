@@ -75,12 +75,20 @@ class Outcome:
             how = f"exit code {self.return_code}"
         return f"{self.note} ({how})" if self.note else how
 
-    def as_reply(self) -> dict[str, Any]:
+    def as_reply(self, output_limit: int | None = None) -> dict[str, Any]:
+        """The outcome as a reply carries it; with `output_limit`, each stream is cut to
+        that many characters (the row keeps all of it)."""
         return {
             "result": self.result,
             "code": self.return_code,
             "signal": self.sig,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
+            "stdout": _cut(self.stdout, output_limit),
+            "stderr": _cut(self.stderr, output_limit),
             "duration": round(self.duration, 6),
         }
+
+
+def _cut(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[jobd: {len(text) - limit} more characters in the row]\n"

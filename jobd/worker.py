@@ -44,6 +44,8 @@ log = logging.getLogger("jobd.worker")
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 #: Seconds the writer waits for more outcomes while other jobs run (see _writer_loop).
 WRITE_COALESCE = 0.005
+#: Characters of output, all jobs and both streams together, in a run-manual reply.
+REPLY_OUTPUT_BUDGET = 192 * 1024  # at most 768 KiB of UTF-8
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
 RESTART_KEYS = (
     "name", "listen", "master", "database", "table", "curve", "allow_insecure", "scheduler",
@@ -668,9 +670,12 @@ class Worker:
         await self._enqueue(row.job() for row in accepted)
         self._wake.set()
         results: dict[int, Any] = {}
+        # The reply must stay well under a socket's message limit (the master's, when it
+        # routes the request): the rows have the whole output.
+        limit = max(1024, REPLY_OUTPUT_BUDGET // (2 * max(1, len(futures))))
         for job_id, future in futures.items():
             try:
-                results[job_id] = (await future).as_reply()
+                results[job_id] = (await future).as_reply(limit)
             except ManualRunCancelled as exc:
                 errors[job_id] = str(exc)
         return {"jobs": results, "errors": errors}

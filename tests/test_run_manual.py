@@ -6,6 +6,8 @@ import pytest
 
 from jobd.protocol import RequestError
 
+from conftest import wait_for
+
 
 def test_run_manual_replies_with_results_and_errors(jobs, start_worker):
     worker = start_worker({"t": 2, "u": 1}, command="sh -c 'echo out-{id}; exit $(({id} % 2))'")
@@ -65,3 +67,25 @@ def test_run_manual_validates_ids(jobs, start_worker):
         with pytest.raises(RequestError) as err:
             worker.request("run-manual", {"ids": bad})
         assert err.value.code == "bad_request"
+
+
+def test_big_outputs_through_the_master_are_cut_in_the_reply_not_in_the_row(
+    jobs, start_master, start_worker
+):
+    master = start_master()
+    start_worker(
+        {"t": 2},
+        command="sh -c 'head -c 1500000 /dev/zero | tr \"\\0\" x'",
+        master=master.address,
+        max_output_buffer=2_000_000,
+    )
+    wait_for(lambda: master.request("status")["workers"], 10, "the worker registered")
+    ids = jobs.insert("t", 2, status="manual")
+    # 3 MB of output in all: more than the master's 1 MiB message limit.
+    reply = master.request("run-manual", {"jobs": [{"id": i, "target": "t"} for i in ids]})
+    assert reply["errors"] == {}
+    for job_id in ids:
+        stdout = reply["jobs"][job_id]["stdout"]
+        assert stdout.startswith("x" * 1000) and "more characters in the row]" in stdout
+        assert len(stdout) < 200_000
+        assert len(jobs.row(job_id)["stdout"]) == 1_500_000
