@@ -123,7 +123,6 @@ class Endpoint:
         self.dropped_replies = 0
         self._room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT tasks run
         self._dropped_logged = -DROPPED_LOG_INTERVAL
-        self._plain: zmq.Socket | None = None
 
     def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop())
@@ -283,20 +282,28 @@ class Endpoint:
         cannot take it at once (no connected peer, its queue full).  Never blocks."""
         no = next(self._numbers)
         message = protocol.encode(protocol.request_message(no, type_, data))
-        if self._plain is None:
-            # A synchronous view of the socket: a DONTWAIT send returns or fails at once.
-            self._plain = zmq.Socket.shadow(self.sock.underlying)
+        # On the async socket itself: a plain (shadow) socket's send can consume the
+        # "readable" edge that the asyncio reader waits for, and the reader never wakes.
+        # With DONTWAIT the future is settled at once (zmq.Again when it cannot send).
         try:
-            self._plain.send(message, flags=zmq.DONTWAIT)
+            future = self.sock.send(message, flags=zmq.DONTWAIT)
         except zmq.ZMQError:
             return False
-        return True
+        if not future.done():
+            future.add_done_callback(_consume)
+            return True
+        return future.exception() is None
 
     async def _send_frames(self, frames: list[bytes]) -> None:
         try:
             await self.sock.send_multipart(frames)
         except zmq.ZMQError as exc:
             self.log.debug("request not sent: %s", exc)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _hashable(value: Any) -> bool:

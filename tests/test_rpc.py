@@ -1,0 +1,56 @@
+"""jobd.rpc on its own: a fire-and-forget send never makes the reader miss a reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+
+from jobd.rpc import Endpoint, configure_socket
+
+
+def echo_server(box: list[int], stop: threading.Event) -> None:
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    box.append(router.bind_to_random_port("tcp://127.0.0.1"))
+    router.RCVTIMEO = 100
+    while not stop.is_set():
+        try:
+            ident, frame = router.recv_multipart()
+        except zmq.Again:
+            continue
+        message = msgpack.unpackb(frame)
+        if message["type"] == "ping":
+            router.send_multipart([ident, msgpack.packb({"no": message["no"], "data": "pong"})])
+    router.close(0)
+
+
+@pytest.mark.timeout(60)
+async def test_try_send_while_a_reply_waits_does_not_stall_the_reader():
+    box: list[int] = []
+    stop = threading.Event()
+    threading.Thread(target=echo_server, args=(box, stop), daemon=True).start()
+    while not box:
+        time.sleep(0.01)
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    configure_socket(sock, -1)
+    sock.connect(f"tcp://127.0.0.1:{box[0]}")
+    endpoint = Endpoint(sock, None, logging.getLogger("test"))
+    endpoint.start()
+    try:
+        for _ in range(500):
+            reply = asyncio.ensure_future(endpoint.request("ping", timeout=2))
+            await asyncio.sleep(0)
+            time.sleep(0.001)  # the reply arrives while the event loop is busy...
+            assert endpoint.try_send("job-events", {"events": []})  # ...and this goes out
+            assert await reply == "pong"  # a stall would be NoAnswer after 2 s
+    finally:
+        stop.set()
+        await endpoint.close()
+        ctx.term()
