@@ -123,8 +123,9 @@ class Queries:
     )
     record_callback = "UPDATE {t} SET callback_result = %s WHERE id = %s"
     release_unknown = (
-        "UPDATE {t} SET status = 'waiting', worker = NULL, time_claimed = 0"
-        " WHERE worker = %s AND status = 'accepted' AND id NOT IN ({ids})"
+        "UPDATE {t} SET attempts = attempts - IF(status = 'running', 1, 0),"
+        " status = 'waiting', worker = NULL, time_claimed = 0"
+        " WHERE worker = %s AND status IN ('accepted', 'running') AND id NOT IN ({ids})"
     )
     recover_reserved = (
         "UPDATE {t} SET status = IF(status = 'accepted', 'waiting', status), worker = NULL,"
@@ -410,8 +411,9 @@ class JobStore(Database):
                 await cur.execute(self._sql(Queries.release, ids=len(ids)), (*ids, self.worker))
 
     async def release_unknown(self, known: Iterable[int]) -> int:
-        """Accepted rows of this worker that it does not hold (a claim whose commit went
-        through but whose acknowledgement was lost) go back to waiting."""
+        """Rows claimed in this worker's name that it does not hold (a claim whose commit
+        went through but whose acknowledgement was lost) go back to waiting.  `known` must
+        name every job the worker holds: queued, starting, running or not yet written."""
         ids = list(known) or [0]
         async with self._cursor() as cur:
             return int(

@@ -110,6 +110,8 @@ class Worker:
         self._due_at: float | None = None
         self._callbacks = asyncio.Semaphore(16)  # deliveries at once; the rest wait
         self._wake = asyncio.Event()
+        self._claim_lock = asyncio.Lock()
+        self._unwritten: set[int] = set()  # finished jobs whose outcome is not written yet
         self._start_pending = False
         self._claim_failed = False
         self._outcomes: asyncio.Queue[tuple[Job, Outcome]] = asyncio.Queue()
@@ -180,6 +182,8 @@ class Worker:
         for up to shutdown_timeout (or until `fast` is set), then stop them (SIGTERM, SIGKILL
         after kill_grace) and record them as retried or failed with the reason."""
         self.stopping = True
+        async with self._claim_lock:
+            pass  # a claim in flight finishes, and gives its jobs back (see _enqueue)
         await self._release(job for target in self.targets.values() for job in target.drain())
         if self._job_tasks:
             waiters = [asyncio.ensure_future(asyncio.wait(set(self._job_tasks)))]
@@ -299,11 +303,15 @@ class Worker:
                 wants[name] = {s: SlotWant(q.free(), q.room()) for s, q in target.slots.items()}
         return wants
 
-    def _held_ids(self) -> list[int]:
-        queued = [
-            job.id for t in self.targets.values() for s in t.slots.values() for _, job in s.queued
-        ]
-        return queued + list(self.running)
+    def _held_ids(self) -> set[int]:
+        """Every job this worker holds: queued, starting, running, or finished with its
+        outcome not yet written."""
+        held = set(self.running) | self._unwritten
+        for target in self.targets.values():
+            for slot in target.slots.values():
+                held.update(job.id for _, job in slot.queued)
+                held.update(slot.running)
+        return held
 
     async def _claim_loop(self) -> None:
         delay = RETRY_MIN
@@ -317,36 +325,45 @@ class Worker:
             limit = self.config.fetch_limit - queued
             if self.stopping or not wants or limit <= 0:
                 continue
-            try:
-                if self._claim_failed:
-                    # A claim whose commit went through but whose answer was lost left
-                    # rows accepted in our name that we do not hold: give them back.
-                    released = await self.store.release_unknown(self._held_ids())
-                    if released:
-                        log.warning("released %d rows of a claim whose answer was lost", released)
-                    self._claim_failed = False
-                self._polled_since_claim.clear()
-                claim = await self.store.claim_jobs(
-                    wants, {t: self.targets[t].slots.keys() for t in wants}, limit
-                )
-            except StorageError as exc:
-                self._claim_failed = True
-                log.warning("claim failed, retrying in %.1f s: %s", delay, exc)
+            async with self._claim_lock:  # stop() waits for a claim in flight
+                drained = await self._claim(wants, limit)
+            if drained is None:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 self._wake.set()
                 continue
             delay = RETRY_MIN
-            drained = set(wants) - claim.full
-            self.wanted -= drained - self._polled_since_claim
-            if claim.full:
-                self._wake.set()  # claim again once there is room
-            if claim.ignored:
-                log.warning("ignored jobs of slots this worker does not have: %s", claim.ignored)
-            await self._enqueue(claim.accepted)
-            self._start_ready()
             if drained:
                 await self._arm_due_timer(sorted(drained))
+
+    async def _claim(self, wants: dict[str, dict[str, SlotWant]], limit: int) -> set[str] | None:
+        """One claim: its jobs queued (or started); returns the targets it found dry, or
+        None when the database failed."""
+        try:
+            if self._claim_failed:
+                # A claim whose commit went through but whose answer was lost left rows in
+                # our name that we do not hold: give them back.
+                released = await self.store.release_unknown(self._held_ids())
+                if released:
+                    log.warning("released %d rows of a claim whose answer was lost", released)
+                self._claim_failed = False
+            self._polled_since_claim.clear()
+            claim = await self.store.claim_jobs(
+                wants, {t: self.targets[t].slots.keys() for t in wants}, limit
+            )
+        except StorageError as exc:
+            self._claim_failed = True
+            log.warning("claim failed, retrying: %s", exc)
+            return None
+        drained = set(wants) - claim.full
+        self.wanted -= drained - self._polled_since_claim
+        if claim.full:
+            self._wake.set()  # claim again once there is room
+        if claim.ignored:
+            log.warning("ignored jobs of slots this worker does not have: %s", claim.ignored)
+        await self._enqueue(claim.accepted)  # given back at once if the worker is stopping
+        self._start_ready()
+        return drained
 
     async def _arm_due_timer(self, targets: list[str]) -> None:
         """Delayed jobs (run_at) and retries start on time without polling tightly: after a
@@ -443,6 +460,7 @@ class Worker:
                 job.id, job.target, job.slot, outcome.duration, outcome.result,
                 outcome.return_code, outcome.sig,
             )  # fmt: skip
+        self._unwritten.add(job.id)
         self._free(job, outcome.duration)
         self._outcomes.put_nowait((job, outcome))
 
@@ -520,6 +538,7 @@ class Worker:
                 future = self.manual_results.pop(job.id, None)
                 if future is not None and not future.done():
                     future.set_result(outcome)
+                self._unwritten.discard(job.id)
                 self._outcomes.task_done()
 
     async def _write_outcome_alone(
