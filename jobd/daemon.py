@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 
-import sdnotify
 import zmq
 import zmq.asyncio
 
@@ -18,33 +16,11 @@ from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd.schedules import run_scheduler
+from jobd.service import notify_systemd, watchdog
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
 
 log = logging.getLogger("jobd")
-
-
-def notify_systemd(state: str) -> None:
-    """sd_notify(3); does nothing when not started by systemd (no NOTIFY_SOCKET)."""
-    sdnotify.SystemdNotifier().notify(state)
-
-
-def watchdog() -> asyncio.Task[None] | None:
-    """Ping systemd's watchdog at half its timeout while the event loop is healthy
-    (WatchdogSec= in the unit); None when the watchdog is off or meant for another pid."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
-        return None
-    interval = int(usec) / 2e6
-
-    async def ping() -> None:
-        notifier = sdnotify.SystemdNotifier()
-        while True:
-            notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(interval)
-
-    return asyncio.create_task(ping(), name="watchdog")
 
 
 def reload_worker(worker: Worker, auth: Authenticator | None = None) -> None:

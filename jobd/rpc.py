@@ -37,9 +37,11 @@ PeerHook = Callable[[Sequence[bytes]], None]
 
 #: Seconds between warnings about replies dropped for peers that do not read them.
 DROPPED_LOG_INTERVAL = 60.0
-#: Requests being answered at once (each a task) before the socket is read no further;
-#: far above real use, so that only a flood meets it, and its memory stays bounded.
-MAX_IN_FLIGHT = 10_000
+#: Requests being answered at once (each a task); past it, new requests are refused
+#: with `unavailable` ("busy") at once.  Far above real use (a burst of 10,000 pokes all
+#: waiting for one poll stays under it), so that only a flood meets it, and its memory
+#: stays bounded.  Replies are always read: the master's handlers wait for them.
+MAX_IN_FLIGHT = 20_000
 #: Messages read in a row before the loop lets the answering tasks run (a burst read whole
 #: lets the master gather its pokes into few polls; the tasks hold only checked data).
 YIELD_EVERY = 1000
@@ -121,7 +123,6 @@ class Endpoint:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.dropped_replies = 0
-        self._room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT tasks run
         self._dropped_logged = -DROPPED_LOG_INTERVAL
 
     def start(self) -> None:
@@ -141,11 +142,6 @@ class Endpoint:
     async def _read_loop(self) -> None:
         burst = 0
         while True:
-            if len(self._tasks) >= MAX_IN_FLIGHT:
-                # Stop reading: the socket's queue fills and TCP pushes back on the senders.
-                self._room.clear()
-                self.log.warning("%d requests in progress; reading paused", len(self._tasks))
-                await self._room.wait()
             try:
                 frames = await self.sock.recv_multipart(copy=True)
             except zmq.ZMQError as exc:
@@ -166,13 +162,19 @@ class Endpoint:
         try:
             message = protocol.decode(payload)
         except RequestError as exc:
-            self._spawn(self._send(envelope, protocol.error_message(None, exc.code, exc.message)))
+            self._send_now(envelope, protocol.error_message(None, exc.code, exc.message))
             return
         if protocol.is_reply(message):
             self._reply(tuple(envelope), message)
             return
         if self.dispatcher is None:
             return  # a plain client does not answer requests
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            # A flood: refuse at once rather than stop reading, which would also stop the
+            # replies this daemon waits for on the same socket (the master's polls).
+            no = protocol.request_no(message)
+            self._send_now(envelope, protocol.error_message(no, ErrorCode.UNAVAILABLE, "busy"))
+            return
         if self.on_request is not None:
             self.on_request(envelope)
         request_envelope.set(tuple(envelope))
@@ -182,7 +184,7 @@ class Endpoint:
         parsed = self.dispatcher.parse(message)
         del message
         if isinstance(parsed, dict):
-            self._spawn(self._send(envelope, parsed))
+            self._send_now(envelope, parsed)
         else:
             self._spawn(self._answer(envelope, *parsed))
 
@@ -202,19 +204,30 @@ class Endpoint:
         self, envelope: list[bytes], no: int, type_: str, data: dict[str, Any]
     ) -> None:
         assert self.dispatcher is not None
-        await self._send(envelope, await self.dispatcher.run(no, type_, data))
+        self._send_now(envelope, await self.dispatcher.run(no, type_, data))
 
-    async def _send(self, envelope: Sequence[bytes], message: Mapping[str, Any]) -> None:
+    def _send_now(self, envelope: Sequence[bytes], message: Mapping[str, Any]) -> None:
         """Send a reply now or never: a peer whose queue is full (SNDHWM) does not read
         its replies, and waiting for it would pile up tasks and memory for every request
-        it sends and stall the socket for everyone else."""
+        it sends and stall the socket for everyone else.  With DONTWAIT the async socket's
+        future is settled at once."""
         try:
-            await self.sock.send_multipart(
+            future = self.sock.send_multipart(
                 [*envelope, protocol.encode(message)], flags=zmq.DONTWAIT
             )
-        except zmq.Again:
-            self._reply_dropped()
         except zmq.ZMQError as exc:
+            self._not_sent(exc)
+            return
+        if future.done():
+            if not future.cancelled() and future.exception() is not None:
+                self._not_sent(future.exception())
+        else:
+            future.add_done_callback(_consume)
+
+    def _not_sent(self, exc: BaseException | None) -> None:
+        if isinstance(exc, zmq.Again):
+            self._reply_dropped()
+        else:
             # The peer went away (ROUTER_MANDATORY) or the socket is closing.
             self.log.debug("reply not sent: %s", exc)
 
@@ -235,8 +248,6 @@ class Endpoint:
 
     def _task_done(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
-        if len(self._tasks) < MAX_IN_FLIGHT:
-            self._room.set()
 
     async def request(
         self,

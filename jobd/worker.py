@@ -36,6 +36,7 @@ from jobd.launcher import (
 )
 from jobd.protocol import ErrorCode, RequestError
 from jobd.queues import TargetQueue
+from jobd.service import rss_bytes
 from jobd.storage import JobStore, ManualRow, SlotWant, StorageError
 
 log = logging.getLogger("jobd.worker")
@@ -73,11 +74,6 @@ def make_launchers(config: WorkerConfig) -> dict[str | None, Launcher]:
         if target.launcher is not None:
             launchers[name] = launcher(target.launcher)
     return launchers
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class Worker:

@@ -14,10 +14,8 @@ import zmq.asyncio
 from jobd import __version__, protocol
 from jobd.config import ConfigError, MasterConfig, load_master_config
 from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
-from jobd.daemon import notify_systemd, watchdog
-from jobd.db import StorageError
 from jobd.rpc import Dispatcher, Endpoint, bind_router
-from jobd.schedules import ScheduleStore, run_scheduler
+from jobd.service import notify_systemd, watchdog
 from jobd_master.events import EventPublisher
 from jobd_master.master import Master
 
@@ -105,6 +103,10 @@ async def check_schedules(config: MasterConfig) -> None:
     """--check: a configured database answers and has the schedules table."""
     if config.database is None:
         return
+    # The database driver is imported only by a master that has a database.
+    from jobd.db import StorageError
+    from jobd.schedules import ScheduleStore
+
     store = ScheduleStore(config.database, config.table, pool_size=1)
     try:
         await store.connect()
@@ -124,6 +126,7 @@ def start_scheduler(config: MasterConfig, master: Master) -> asyncio.Task[None] 
     schedule's target like a client's poke would."""
     if config.database is None:
         return None
+    from jobd.schedules import run_scheduler  # only a master with a database needs it
 
     def poke(targets: list[str]) -> None:
         master.poke(targets)

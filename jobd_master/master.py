@@ -21,7 +21,7 @@ from jobd import __version__
 from jobd.config import MasterConfig
 from jobd.protocol import ErrorCode, RequestError
 from jobd.rpc import Endpoint, NoAnswer, request_envelope
-from jobd.worker import rss_bytes
+from jobd.service import rss_bytes
 from jobd_master.events import EventPublisher
 from jobd_master.polls import PollFlow
 from jobd_master.registry import Envelope, Registry, WorkerEntry
