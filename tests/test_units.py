@@ -125,8 +125,10 @@ def test_target_queue_reconfigure_keeps_running_and_returns_queued_of_removed_sl
 def test_slots_claim_ahead_only_jobs_that_start_soon():
     slot = SlotQueue(concurrency=4)
     assert (slot.ahead(), slot.room()) == (0, 4)  # nothing known yet: no claiming ahead
-    slot.record_duration(0.002)  # short jobs: up to one more round is claimed ahead
-    assert (slot.ahead(), slot.room()) == (4, 8)
+    slot.record_duration(0.002)  # very short jobs: up to four more rounds, claimed ahead
+    assert (slot.ahead(), slot.room()) == (16, 20)
+    slot.record_duration(0.2)  # the mean moves to 0.0416 s: what starts within 0.1 s
+    assert slot.ahead() == int(4 * 0.1 / (0.8 * 0.002 + 0.2 * 0.2)) == 9
     for _ in range(30):
         slot.record_duration(2.0)  # long jobs: nothing ahead, no hoarding
     assert (slot.ahead(), slot.room(), slot.free()) == (0, 4, 4)
