@@ -11,12 +11,12 @@ import zmq.asyncio
 
 from jobd import __version__, protocol
 from jobd.config import ConfigError, WorkerConfig, load_worker_config
-from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
+from jobd.curve import Authenticator
 from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint, bind_router
 from jobd.schedules import run_scheduler
-from jobd.service import notify_systemd, watchdog
+from jobd.service import StartupError, load_curve, notify_systemd, watchdog
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
 
@@ -65,10 +65,6 @@ def _scheduler_ended(task: asyncio.Task[None]) -> None:
         log.critical("the scheduler failed; schedules are off", exc_info=task.exception())
 
 
-class StartupError(Exception):
-    """The worker cannot run with this setup (exit status 2)."""
-
-
 async def check_database(store: JobStore) -> None:
     """Raise StartupError unless the table has every column jobd needs."""
     missing = await store.missing_columns()
@@ -101,17 +97,9 @@ async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
             raise
 
 
-def load_curve(config: WorkerConfig) -> DaemonCurve | None:
-    """The worker's CURVE keys (None: off); StartupError for a key file it cannot use."""
-    try:
-        return load_daemon_curve(config.curve)
-    except CurveError as exc:
-        raise StartupError(f"curve: {exc}") from None
-
-
 async def run_worker(config: WorkerConfig) -> int:
     use_pidfd_child_watcher()
-    curve = load_curve(config)
+    curve = load_curve(config.curve)
     ctx = zmq.asyncio.Context()
     auth = Authenticator(ctx, curve.authorized_keys) if curve else None
     if auth is not None:

@@ -13,29 +13,17 @@ import zmq.asyncio
 
 from jobd import __version__, protocol
 from jobd.config import ConfigError, MasterConfig, load_master_config
-from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
+from jobd.curve import Authenticator
 from jobd.rpc import Dispatcher, Endpoint, bind_router
-from jobd.service import notify_systemd, watchdog
+from jobd.service import StartupError, load_curve, notify_systemd, watchdog
 from jobd_master.events import EventPublisher
 from jobd_master.master import Master
 
 log = logging.getLogger("jobd_master")
 
 
-class StartupError(Exception):
-    """The master cannot run with this setup (exit status 2)."""
-
-
-def load_curve(config: MasterConfig) -> DaemonCurve | None:
-    """The master's CURVE keys (None: off); StartupError for a key file it cannot use."""
-    try:
-        return load_daemon_curve(config.curve)
-    except CurveError as exc:
-        raise StartupError(f"curve: {exc}") from None
-
-
 async def run_master(config: MasterConfig) -> int:
-    curve = load_curve(config)
+    curve = load_curve(config.curve)
     ctx = zmq.asyncio.Context()
     # One authenticator for the context: workers and clients alike need an authorized key.
     auth = Authenticator(ctx, curve.authorized_keys) if curve else None
