@@ -14,9 +14,9 @@ from jobd.config import ConfigError, WorkerConfig, load_worker_config
 from jobd.curve import Authenticator
 from jobd.launcher import use_pidfd_child_watcher
 from jobd.master_link import MasterLink
-from jobd.rpc import Dispatcher, Endpoint, bind_router
+from jobd.rpc import Dispatcher, Endpoint
 from jobd.schedules import run_scheduler
-from jobd.service import StartupError, load_curve, notify_systemd, watchdog
+from jobd.service import StartupError, listen, load_curve, notify_systemd, watchdog
 from jobd.storage import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.worker import RETRY_MAX, RETRY_MIN, Worker
 
@@ -101,16 +101,7 @@ async def run_worker(config: WorkerConfig) -> int:
     use_pidfd_child_watcher()
     curve = load_curve(config.curve)
     ctx = zmq.asyncio.Context()
-    auth = Authenticator(ctx, curve.authorized_keys) if curve else None
-    if auth is not None:
-        auth.start()  # before the socket exists, so no handshake goes unchecked
-    try:
-        sock = bind_router(ctx, config.listen, curve.keys if curve else None)
-    except zmq.ZMQError as exc:
-        if auth is not None:
-            auth.stop()
-        ctx.term()
-        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+    sock, auth = listen(ctx, config.listen, curve)
     store = await connect_store(config, retry=True)
     worker = Worker(config, store)
     await worker.recover()

@@ -329,6 +329,14 @@ def bind_router(
     sock = ctx.socket(zmq.ROUTER)
     configure_socket(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    return bind_server(sock, endpoint, curve)
+
+
+def bind_server(
+    sock: zmq.asyncio.Socket, endpoint: str, curve: KeyPair | None
+) -> zmq.asyncio.Socket:
+    """Bind a configured socket as a CURVE server with `curve` (None: plain); closes it and
+    raises zmq.ZMQError if it cannot bind."""
     if curve is not None:
         make_server(sock, curve)
     try:

@@ -179,20 +179,27 @@ class ScheduleStore(Database):
         return None
 
     async def fire(self, schedule: Schedule, fires: list[int], upcoming: int) -> list[int]:
-        """Create the jobs of `fires` and move the schedule on, in one transaction."""
+        """Create the jobs of `fires` and move the schedule on, in one transaction.
+
+        The schedule moves first: its row lock lines competing schedulers up, and the one
+        that finds it moved already inserts nothing.  A loser that tried the insert would
+        lock the winner's new job row for a moment, and a worker claiming with SKIP LOCKED
+        would pass it by."""
         assert schedule.next_fire is not None
         created = []
+        last = fires[-1] if fires else schedule.last_fire
         async with self._cursor(transaction=True) as cur:
+            moved = await cur.execute(
+                self._sql(ScheduleQueries.advance),
+                (last, upcoming, schedule.id, schedule.next_fire),
+            )
+            if not moved:
+                return []  # another scheduler fired it
             for fire_time in fires:
                 if await cur.execute(
                     self._sql(ScheduleQueries.insert_job), _job(schedule, fire_time)
                 ):
                     created.append(int(cur.lastrowid))
-            last = fires[-1] if fires else schedule.last_fire
-            await cur.execute(
-                self._sql(ScheduleQueries.advance),
-                (last, upcoming, schedule.id, schedule.next_fire),
-            )
         return created
 
 

@@ -12,11 +12,14 @@ from typing import TypeVar
 
 import click
 import sdnotify
+import zmq
+import zmq.asyncio
 
 from jobd import __version__
 from jobd.config import ConfigError, CurveConfig
-from jobd.curve import CurveError, DaemonCurve, load_daemon_curve
+from jobd.curve import Authenticator, CurveError, DaemonCurve, load_daemon_curve
 from jobd.logs import setup_logging
+from jobd.rpc import bind_router
 
 C = TypeVar("C")
 
@@ -105,3 +108,21 @@ def daemon_command(
             sys.exit(EXIT_CONFIG)
 
     return main
+
+
+def listen(
+    ctx: zmq.asyncio.Context, endpoint: str, curve: DaemonCurve | None
+) -> tuple[zmq.asyncio.Socket, Authenticator | None]:
+    """A daemon's request socket, and with CURVE the context's authenticator, started
+    before the socket exists so no handshake goes unchecked; StartupError if it cannot
+    bind (the context is then terminated)."""
+    auth = Authenticator(ctx, curve.authorized_keys) if curve else None
+    if auth is not None:
+        auth.start()
+    try:
+        return bind_router(ctx, endpoint, curve.keys if curve else None), auth
+    except zmq.ZMQError as exc:
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+        raise StartupError(f"cannot listen on {endpoint}: {exc}") from None

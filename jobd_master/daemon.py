@@ -14,8 +14,8 @@ import zmq.asyncio
 from jobd import __version__, protocol
 from jobd.config import ConfigError, MasterConfig, load_master_config
 from jobd.curve import Authenticator
-from jobd.rpc import Dispatcher, Endpoint, bind_router
-from jobd.service import StartupError, load_curve, notify_systemd, watchdog
+from jobd.rpc import Dispatcher, Endpoint
+from jobd.service import StartupError, listen, load_curve, notify_systemd, watchdog
 from jobd_master.events import EventPublisher
 from jobd_master.master import Master
 
@@ -26,16 +26,7 @@ async def run_master(config: MasterConfig) -> int:
     curve = load_curve(config.curve)
     ctx = zmq.asyncio.Context()
     # One authenticator for the context: workers and clients alike need an authorized key.
-    auth = Authenticator(ctx, curve.authorized_keys) if curve else None
-    if auth is not None:
-        auth.start()
-    try:
-        sock = bind_router(ctx, config.listen, curve.keys if curve else None)
-    except zmq.ZMQError as exc:
-        if auth is not None:
-            auth.stop()
-        ctx.term()
-        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+    sock, auth = listen(ctx, config.listen, curve)
     try:
         keys = curve.keys if curve else None
         events = EventPublisher.bind(ctx, config.events, keys) if config.events else None

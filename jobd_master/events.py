@@ -15,8 +15,9 @@ import zmq
 import zmq.asyncio
 
 from jobd import protocol
-from jobd.curve import KeyPair, make_server
+from jobd.curve import KeyPair
 from jobd.events import topic
+from jobd.rpc import bind_server
 
 log = logging.getLogger("jobd_master.events")
 
@@ -40,14 +41,7 @@ class EventPublisher:
         if it cannot bind."""
         sock = ctx.socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
-        if curve is not None:
-            make_server(sock, curve)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            raise
-        return cls(sock, endpoint)
+        return cls(bind_server(sock, endpoint, curve), endpoint)
 
     def publish(self, events: Iterable[Mapping[str, Any]]) -> None:
         for event in events:
