@@ -18,7 +18,9 @@ from typing import Any
 import pymysql
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 
+from jobctl.cli import main as jobctl_main
 from jobd.client import NoAnswer, call
 from jobd.config import DatabaseURL
 
@@ -299,3 +301,13 @@ def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]
         return daemon.start(wait=wait)
 
     return start
+
+
+def jobctl(*args: Any, status: int = 0) -> Result:
+    """Run jobctl in-process (click's runner); assert its exit status."""
+    result = CliRunner().invoke(jobctl_main, [str(a) for a in args])
+    assert result.exit_code == status, (
+        f"jobctl {' '.join(map(str, args))} exited {result.exit_code}, not {status}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
+    )
+    return result

@@ -18,12 +18,10 @@ from typing import Any
 import pytest
 import yaml
 import zmq.auth
-from click.testing import CliRunner, Result
 
-from jobctl.cli import main
 from jobd.client import ClientCurve, NoAnswer, call
 
-from conftest import free_port, wait_for
+from conftest import free_port, jobctl, wait_for
 from tcp_proxy import TcpProxy
 
 #: A target name that must never show on the wire in plain text when CURVE is on.
@@ -65,15 +63,6 @@ def keys(tmp_path: Path) -> Keys:
     k.authorize("master-allows", "w0", "ops")
     k.authorize("workers-allow", "ops")
     return k
-
-
-def jobctl(*args: Any, status: int = 0) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == status, (
-        f"jobctl {' '.join(map(str, args))} exited {result.exit_code}, not {status}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 def curve_master(start_master, keys: Keys, **config: Any):

@@ -13,20 +13,10 @@ import sys
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
 from jobctl.cli import main, normalize_args
 
-from conftest import Daemon, free_port, wait_for
-
-
-def jobctl(*args: Any, status: int = 0) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == status, (
-        f"jobctl {' '.join(map(str, args))} exited {result.exit_code}, not {status}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
+from conftest import Daemon, free_port, jobctl, wait_for
 
 
 def jobctl_json(*args: Any, status: int = 0) -> Any:

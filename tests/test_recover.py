@@ -5,25 +5,12 @@ the rows of a worker killed with -9 by the rules of a worker's own start-up reco
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from jobctl.cli import main
-
-from conftest import free_port, wait_for
+from conftest import free_port, jobctl, wait_for
 
 REASON = "worker w0 stopped while the job was running"
-
-
-def jobctl(*args: Any, status: int = 0) -> Result:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == status, (
-        f"jobctl {' '.join(map(str, args))} exited {result.exit_code}, not {status}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"
-    )
-    return result
 
 
 @pytest.fixture(autouse=True)
