@@ -256,18 +256,32 @@ def start_worker(jobs: Jobs, tmp_path: Path, daemons: list[Daemon]) -> Callable[
             "log": {"level": "info"},
         }
         settings.update(config)
-        path = tmp_path / f"{settings['name']}.yaml"
-        path.write_text(yaml.safe_dump(settings))
-        daemon = Daemon(
-            argv=[sys.executable, "-m", "jobd", "--config", str(path)],
-            config_path=path,
-            address=settings["listen"],
-            log_path=tmp_path / f"{settings['name']}.log",
-        )
-        daemons.append(daemon)
-        return daemon.start(wait=wait)
+        return launch(tmp_path / settings["name"], "jobd", settings, daemons, wait)
 
     return start
+
+
+def launch(
+    stem: Path,
+    module: str,
+    settings: dict[str, Any],
+    daemons: list[Daemon],
+    wait: bool,
+    **extra: Any,
+) -> Daemon:
+    """Write `settings` to STEM.yaml and start `python -m MODULE` with it, logging to
+    STEM.log; the daemon is stopped at teardown."""
+    path = stem.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(settings))
+    daemon = Daemon(
+        argv=[sys.executable, "-m", module, "--config", str(path)],
+        config_path=path,
+        address=settings["listen"],
+        log_path=stem.with_suffix(".log"),
+        **extra,
+    )
+    daemons.append(daemon)
+    return daemon.start(wait=wait)
 
 
 @pytest.fixture
@@ -288,17 +302,10 @@ def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]
             "log": {"level": "info"},
         }
         settings.update(config)
-        path = tmp_path / f"master{n}.yaml"
-        path.write_text(yaml.safe_dump(settings))
-        daemon = Daemon(
-            argv=[sys.executable, "-m", "jobd_master", "--config", str(path)],
-            config_path=path,
-            address=settings["listen"],
-            log_path=tmp_path / f"master{n}.log",
+        return launch(
+            tmp_path / f"master{n}", "jobd_master", settings, daemons, wait,
             events=settings["events"] or None,
-        )
-        daemons.append(daemon)
-        return daemon.start(wait=wait)
+        )  # fmt: skip
 
     return start
 
