@@ -166,6 +166,8 @@ class Claim:
     ignored: list[int] = field(default_factory=list)
     #: Targets whose select came back full: more rows may be waiting.
     full: set[str] = field(default_factory=set)
+    #: Targets with a slot that had no room and was not asked for: rows may wait for it.
+    partial: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -295,8 +297,11 @@ class JobStore(Database):
         async with self._cursor() as cur:
             for target, slots in wanted.items():
                 free_slots = [s for s, want in slots.items() if want.room > 0]
+                if len(free_slots) < len(slots):
+                    claim.partial.add(target)
                 want = min(sum(w.room for w in slots.values()), limit - len(claim.accepted))
                 if not free_slots or want <= 0:
+                    claim.partial.add(target)  # not asked at all (no room, fetch_limit)
                     continue
                 known = list(known_slots[target])
                 # Select a little more than wanted, so one full slot at the head of the

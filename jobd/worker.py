@@ -351,7 +351,9 @@ class Worker:
             self._claim_failed = True
             log.warning("claim failed, retrying: %s", exc)
             return None
-        drained = set(wants) - claim.full
+        # A target stays wanted while rows may wait: its select came back full, or a slot
+        # of it had no room and was not asked (its rows are claimed when it has room).
+        drained = set(wants) - claim.full - claim.partial
         self.wanted -= drained - self._polled_since_claim
         if claim.full:
             self._wake.set()  # claim again once there is room

@@ -125,6 +125,20 @@ def test_poll_while_full_is_remembered(jobs, start_worker):
     assert rows[1]["time_started"] >= rows[0]["time_started"]
 
 
+def test_a_poll_while_one_slot_is_full_is_kept_for_that_slot(jobs, start_worker):
+    # The slot "low" is busy when the second poll comes, so that claim asks only for
+    # "high": the rows of "low" must still be claimed once it has room, with no poll.
+    worker = start_worker({"v": {"low": 1, "high": 2}}, command="sleep 0.5")
+    (first,) = jobs.insert("v", slot="low")
+    worker.request("poll")
+    wait_for(lambda: len(worker.request("status")["running"]) == 1, 5, "first job running")
+    (second,) = jobs.insert("v", slot="low")
+    (other,) = jobs.insert("v", slot="high")
+    worker.request("poll")
+    rows = jobs.wait_done([first, second, other], timeout=10)
+    assert [r["result"] for r in rows] == ["ok", "ok", "ok"]
+
+
 def test_pause_and_continue(jobs, start_worker):
     worker = start_worker({"t": 2, "u": 1}, command="/bin/true")
     assert worker.request("pause", {"targets": ["t"]}) == {"targets": ["t"]}

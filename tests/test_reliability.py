@@ -13,8 +13,10 @@ from conftest import wait_for
 from tcp_proxy import TcpProxy
 
 
-def running_count(jobs) -> int:
-    return jobs.count("status = 'running'")
+def processes_running(worker) -> int:
+    """Jobs whose process the worker has started (a row says 'running' from its claim on,
+    a moment before its process exists)."""
+    return len(worker.request("status")["running"])
 
 
 # Takes a per-job lock: a second copy of a job started while the first still runs
@@ -70,7 +72,7 @@ def test_graceful_shutdown(jobs, start_worker):
     (retry,) = jobs.insert("retry")
     (fail,) = jobs.insert("fail")
     worker.request("poll")
-    wait_for(lambda: running_count(jobs) == 3, 10, "3 jobs running")
+    wait_for(lambda: processes_running(worker) == 3, 10, "3 jobs running")
     began = time.monotonic()
     assert worker.stop() == 0
     assert time.monotonic() - began < 10
@@ -96,7 +98,7 @@ def test_second_signal_takes_the_fast_path(jobs, start_worker):
     )
     (job_id,) = jobs.insert("t")
     worker.request("poll")
-    wait_for(lambda: running_count(jobs) == 1, 10, "job running")
+    wait_for(lambda: processes_running(worker) == 1, 10, "job running")
     began = time.monotonic()
     worker.signal(signal.SIGTERM)
     time.sleep(0.3)
@@ -111,7 +113,7 @@ def test_reload_under_load(jobs, start_worker):
     worker = start_worker({"t": 1}, command="sh -c 'echo v1; sleep 0.1'")
     first = jobs.insert("t", 10)
     worker.request("poll")
-    wait_for(lambda: running_count(jobs) == 1, 10, "a job running")
+    wait_for(lambda: processes_running(worker) == 1, 10, "a job running")
 
     config = yaml.safe_load(worker.config_path.read_text())
     config["targets"] = {"t": 3, "u": {"a": 1}}
