@@ -12,7 +12,7 @@ import zmq.asyncio
 from jobd import __version__, protocol
 from jobd.config import ConfigError, WorkerConfig, load_worker_config
 from jobd.curve import Authenticator
-from jobd.launcher import use_pidfd_child_watcher
+from jobd.launcher import prepare_worker_process
 from jobd.master_link import MasterLink
 from jobd.rpc import Dispatcher, Endpoint
 from jobd.schedules import run_scheduler
@@ -98,7 +98,7 @@ async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
 
 
 async def run_worker(config: WorkerConfig) -> int:
-    use_pidfd_child_watcher()
+    prepare_worker_process()
     curve = load_curve(config.curve)
     ctx = zmq.asyncio.Context()
     sock, auth = listen(ctx, config.listen, curve)

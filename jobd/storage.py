@@ -92,17 +92,15 @@ class Queries:
     )
     # The `status = 'running' AND worker = %s` guards make a repeated write (after a
     # lost acknowledgement) change nothing: no result is written twice.
-    # One statement for a batch of finished jobs: ELT(FIELD(id, ids...), values...)
-    # picks each row's own value.
+    # One statement for a batch of finished jobs.  {outcome} sets each of OUTCOME_COLUMNS:
+    # to one value when every job of the batch has the same (most results, codes and
+    # empty outputs), else to each row's own, which ELT(FIELD(id, ids...), values...) picks.
     record_done = (
-        "UPDATE {t} SET status = 'done', time_finished = %s,"
-        " result = ELT(FIELD(id, {ids}), {values}),"
-        " return_code = ELT(FIELD(id, {ids}), {values}),"
-        " sig = ELT(FIELD(id, {ids}), {values}),"
-        " stdout = ELT(FIELD(id, {ids}), {values}),"
-        " stderr = ELT(FIELD(id, {ids}), {values})"
+        "UPDATE {t} SET status = 'done', time_finished = %s, {outcome}"
         " WHERE id IN ({ids}) AND status = 'running' AND worker = %s"
     )
+    same_value = "{column} = %s"
+    value_per_row = "{column} = ELT(FIELD(id, {ids}), {values})"
     record_retry = (
         "UPDATE {t} SET status = 'waiting', result = NULL, return_code = NULL, sig = NULL,"
         " stdout = %s, stderr = %s, time_finished = %s, run_at = %s, worker = NULL,"
@@ -146,6 +144,8 @@ class Queries:
     )
 
 
+#: The columns of an outcome, each named as the attribute of `Outcome` that it holds.
+OUTCOME_COLUMNS = ("result", "return_code", "sig", "stdout", "stderr")
 #: Most output bytes in one batched UPDATE, well under max_allowed_packet (16 MiB).
 MAX_BATCH_BYTES = 4 << 20
 
@@ -381,16 +381,34 @@ class JobStore(Database):
         async with self._cursor(transaction=len(batches) + bool(retries) > 1) as cur:
             for batch in batches:
                 ids = [job_id for job_id, _ in batch]
-                params: list[Any] = [now]
-                for column in ("result", "return_code", "sig", "stdout", "stderr"):
-                    params += ids
-                    params += [getattr(o, column) for _, o in batch]
+                sets, params = self._outcome_columns(ids, [o for _, o in batch])
                 await cur.execute(
-                    self._sql(Queries.record_done, ids=len(ids), values=len(ids)),
-                    (*params, *ids, self.worker),
+                    self._sql(
+                        Queries.record_done.replace("{outcome}", sets),
+                        ids=len(ids),
+                        values=len(ids),
+                    ),
+                    (now, *params, *ids, self.worker),
                 )
             if retries:
                 await cur.executemany(self._sql(Queries.record_retry), retries)
+
+    def _outcome_columns(
+        self, ids: Sequence[int], outcomes: Sequence[Outcome]
+    ) -> tuple[str, list[Any]]:
+        """The SET list of record_done for these jobs, and its parameters."""
+        sets, params = [], []
+        for column in OUTCOME_COLUMNS:
+            values = [getattr(o, column) for o in outcomes]
+            if all(v == values[0] for v in values):
+                sets.append(Queries.same_value.format(column=column))
+                params.append(values[0])
+            else:
+                sets.append(
+                    Queries.value_per_row.format(column=column, ids="{ids}", values="{values}")
+                )
+                params += [*ids, *values]
+        return ", ".join(sets), params
 
     async def next_due(self, targets: Sequence[str]) -> int | None:
         """The earliest not-before time of a waiting job of these targets, if any is

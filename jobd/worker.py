@@ -44,7 +44,7 @@ log = logging.getLogger("jobd.worker")
 #: Backoff between retries of a failed database operation, in seconds.
 RETRY_MIN, RETRY_MAX = 0.2, 5.0
 #: Seconds the writer waits for more outcomes while other jobs run (see _writer_loop).
-WRITE_COALESCE = 0.005
+WRITE_COALESCE = 0.01
 #: Characters of output, all jobs and both streams together, in a run-manual reply.
 REPLY_OUTPUT_BUDGET = 192 * 1024  # at most 768 KiB of UTF-8
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
@@ -110,8 +110,11 @@ class Worker:
         self._unwritten: set[int] = set()  # finished jobs whose outcome is not written yet
         self._start_pending = False
         self._claim_failed = False
+        self._fetch_limited = False  # wanted targets wait for fetch_limit (queued jobs)
         self._outcomes: asyncio.Queue[tuple[Job, Outcome]] = asyncio.Queue()
-        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._timeouts: dict[int, asyncio.TimerHandle] = {}
+        self._loop = asyncio.get_running_loop()
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._loops: dict[str, asyncio.Task[None]] = {}
         self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
@@ -181,8 +184,8 @@ class Worker:
         async with self._claim_lock:
             pass  # a claim in flight finishes, and gives its jobs back (see _enqueue)
         await self._release(job for target in self.targets.values() for job in target.drain())
-        if self._job_tasks:
-            waiters = [asyncio.ensure_future(asyncio.wait(set(self._job_tasks)))]
+        if self._in_flight:
+            waiters = [asyncio.ensure_future(asyncio.wait(set(self._in_flight)))]
             if fast is not None:
                 waiters.append(asyncio.ensure_future(fast.wait()))
             await asyncio.wait(
@@ -191,7 +194,7 @@ class Worker:
             for waiter in waiters:
                 waiter.cancel()
         reason = f"worker {self.config.name} stopped while the job was running"
-        while self._job_tasks:
+        while self._in_flight:
             if self.running:
                 grace = 0.0 if fast is not None and fast.is_set() else self.config.kill_grace
                 log.warning("stopping %d running jobs", len(self.running))
@@ -199,8 +202,8 @@ class Worker:
                     *(self._interrupt(i, reason, grace) for i in list(self.running))
                 )
             # A job whose spawn was under way is caught on the next round.
-            if self._job_tasks:
-                await asyncio.wait(set(self._job_tasks), timeout=0.5)
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight), timeout=0.5)
         try:
             await asyncio.wait_for(self._outcomes.join(), write_timeout)
         except TimeoutError:
@@ -267,9 +270,12 @@ class Worker:
             self.on_targets_changed()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._job_tasks.add(task)
-        task.add_done_callback(self._job_tasks.discard)
+        self._track(asyncio.ensure_future(coro))
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        """Work that shutdown waits for: helper tasks, and each job until its outcome."""
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
 
     # --- claiming and starting ----------------------------------------------------
 
@@ -296,7 +302,9 @@ class Worker:
             if target is None or target.paused:
                 continue
             if any(q.wants_claim() for q in target.slots.values()):
-                wants[name] = {s: SlotWant(q.free(), q.room()) for s, q in target.slots.items()}
+                wants[name] = {
+                    s: SlotWant(q.starts_soon(), q.room()) for s, q in target.slots.items()
+                }
         return wants
 
     def _held_ids(self) -> set[int]:
@@ -319,6 +327,7 @@ class Worker:
             wants = self._claim_wants()
             queued = sum(t.queued_count() for t in self.targets.values())
             limit = self.config.fetch_limit - queued
+            self._fetch_limited = bool(wants) and limit <= 0
             if self.stopping or not wants or limit <= 0:
                 continue
             async with self._claim_lock:  # stop() waits for a claim in flight
@@ -406,7 +415,7 @@ class Worker:
         ]
         for job in batch:
             if job.marked_running:  # the claim marked it: start it now
-                self._spawn(self._run_job(job))
+                self._run_job(job)
         unmarked = [job for job in batch if not job.marked_running]
         if unmarked:
             self._spawn(self._start_batch(unmarked))
@@ -416,51 +425,58 @@ class Worker:
         for job in batch:
             job.attempts += 1
             job.marked_running = True
-            self._spawn(self._run_job(job))
+            self._run_job(job)
 
-    async def _run_job(self, job: Job) -> None:
+    def _run_job(self, job: Job) -> None:
+        """Start a job's process (the launcher spawns it); `_job_ended` takes it from
+        there.  Shutdown waits for `done`, which settles when the outcome is queued."""
+        launcher = self.launchers.get(job.target) or self.launchers[None]
+        done = self._loop.create_future()
+        self._track(done)
+        try:
+            running = launcher.start(job, lambda outcome: self._job_ended(job, outcome, done))
+        except LaunchError as exc:
+            log.error("job %d %s/%s could not start: %s", job.id, job.target, job.slot, exc)
+            self._finish(job, launch_failure(exc), done)
+            return
+        self.running[job.id] = running
+        log.info("job %d %s/%s started pid %d", job.id, job.target, job.slot, running.pid)
+        self._emit("started", job)
         target = self.targets.get(job.target)
         timeout = target.options.timeout if target else 0.0
-        launcher = self.launchers.get(job.target) or self.launchers[None]
-        try:
-            running = await launcher.start(job)
-        except LaunchError as exc:
-            outcome = launch_failure(exc)
-            log.error("job %d %s/%s could not start: %s", job.id, job.target, job.slot, exc)
-        else:
-            self.running[job.id] = running
-            log.info("job %d %s/%s started pid %d", job.id, job.target, job.slot, running.pid)
-            self._emit("started", job)
-            timer = None
-            if timeout > 0:
-                reason = f"timed out after {timeout:g} s"
-                grace = self.config.kill_grace
-                timer = asyncio.get_running_loop().call_later(
-                    timeout, lambda: self._spawn(self._interrupt(job.id, reason, grace))
-                )
-            try:
-                outcome = await running.wait()
-            finally:
-                self.running.pop(job.id, None)
-                if timer is not None:
-                    timer.cancel()
-            reason = self.interrupted.pop(job.id, None)
-            if reason is not None:
-                outcome = dataclasses.replace(
-                    outcome,
-                    result="fail",
-                    sig=outcome.sig or "SIGTERM",
-                    stderr=f"{outcome.stderr}\njobd: {reason}\n",
-                    note=reason,
-                )
-            log.info(
-                "job %d %s/%s finished in %.3f s: %s code=%s signal=%s",
-                job.id, job.target, job.slot, outcome.duration, outcome.result,
-                outcome.return_code, outcome.sig,
-            )  # fmt: skip
+        if timeout > 0:
+            reason = f"timed out after {timeout:g} s"
+            grace = self.config.kill_grace
+            self._timeouts[job.id] = self._loop.call_later(
+                timeout, lambda: self._spawn(self._interrupt(job.id, reason, grace))
+            )
+
+    def _job_ended(self, job: Job, outcome: Outcome, done: asyncio.Future[None]) -> None:
+        self.running.pop(job.id, None)
+        timer = self._timeouts.pop(job.id, None)
+        if timer is not None:
+            timer.cancel()
+        reason = self.interrupted.pop(job.id, None)
+        if reason is not None:
+            outcome = dataclasses.replace(
+                outcome,
+                result="fail",
+                sig=outcome.sig or "SIGTERM",
+                stderr=f"{outcome.stderr}\njobd: {reason}\n",
+                note=reason,
+            )
+        log.info(
+            "job %d %s/%s finished in %.3f s: %s code=%s signal=%s",
+            job.id, job.target, job.slot, outcome.duration, outcome.result,
+            outcome.return_code, outcome.sig,
+        )  # fmt: skip
+        self._finish(job, outcome, done)
+
+    def _finish(self, job: Job, outcome: Outcome, done: asyncio.Future[None]) -> None:
         self._unwritten.add(job.id)
         self._free(job, outcome.duration)
         self._outcomes.put_nowait((job, outcome))
+        done.set_result(None)
 
     def _free(self, job: Job, duration: float) -> None:
         target = self.targets.get(job.target)
@@ -472,8 +488,13 @@ class Worker:
         # in one turn of the event loop start their successors together (one UPDATE).
         if not self._start_pending:
             self._start_pending = True
-            asyncio.get_running_loop().call_soon(self._start_ready)
-        self._wake.set()
+            self._loop.call_soon(self._start_ready)
+        # Wake the claim loop only when this place may lead to a claim: waking it after
+        # every job of a long backlog would cost a turn of it per job for nothing.
+        if self._fetch_limited or (
+            slot is not None and job.target in self.wanted and slot.wants_claim()
+        ):
+            self._wake.set()
 
     # --- writing ------------------------------------------------------------------
 
