@@ -72,6 +72,7 @@ import pymysql
 from harness import (
     Profiler,
     Scratch,
+    connect,
     master_daemon,
     percentiles,
     query,
@@ -410,7 +411,52 @@ async def latency_loop(
     }
 
 
+#: What a worker's claim of one row sends, in its two round trips (jobd.storage).
+FLOOR_SELECT = (
+    "START TRANSACTION; SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts,"
+    " data, callback_url, schedule_id FROM jobs WHERE status = 'waiting' AND target = %s"
+    " AND (run_at IS NULL OR run_at <= %s) AND (COALESCE(slot, 'default') IN ('default')"
+    " OR COALESCE(slot, 'default') NOT IN ('default')) ORDER BY priority DESC, id LIMIT %s"
+    " FOR UPDATE SKIP LOCKED"
+)
+FLOOR_UPDATE = (
+    "UPDATE jobs SET worker = 'bench-floor', time_claimed = %s, status = 'running',"
+    " time_started = %s, attempts = attempts + 1 WHERE id = %s; COMMIT"
+)
+
+
+async def latency_floor(scratch: Scratch, count: int) -> list[float]:
+    """The latency with no daemon in the way: this process does the steps itself, one job
+    at a time, as `latency_loop` times them: INSERT, the claim's two round trips (the
+    statements of a worker's claim), then /bin/date through jobd's launcher."""
+    # A connection like the worker's: multi-statements, READ COMMITTED.
+    conn = connect(scratch.server, scratch.database, multi_statements=True)
+    spawn = jobd_spawner()
+    floor = []
+    with conn, conn.cursor() as cur:
+        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        for _ in range(count):
+            before = time.time_ns()
+            cur.execute(
+                "INSERT INTO jobs (target, time_created) VALUES ('floor', UNIX_TIMESTAMP())"
+            )
+            now = int(time.time())
+            cur.execute(FLOOR_SELECT, ("floor", now, 8))
+            cur.nextset()
+            ((job_id, *_),) = cur.fetchall()
+            cur.execute(FLOOR_UPDATE, (now, now, job_id))
+            while cur.nextset():
+                pass
+            stdout = await spawn(["/bin/date", "+%s%N"])
+            floor.append((int(stdout) - before) / 1e6)
+            cur.execute("UPDATE jobs SET status = 'done', result = 'ok' WHERE id = %s", (job_id,))
+            await asyncio.sleep(0.01)
+    return floor
+
+
 def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    floor = asyncio.run(latency_floor(scratch, args.latency_jobs))
+    print(f"    floor, the same steps with no daemon: p50 {statistics.median(floor):.2f} ms")
     master = master_daemon(workdir, "master-lat")
     with running([master]):
         command = "/bin/date +%s%N"
@@ -422,6 +468,7 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
             result = asyncio.run(
                 latency_loop(scratch, worker.address, master.address, args.latency_jobs)
             )
+    result["floor"] = {"jobs": args.latency_jobs, "start_ms": percentiles(floor)}
     for path, what in (("worker", "poll to the worker"), ("master", "poke to the master")):
         ms = result[path]["start_ms"]
         print(f"    insert + {what} -> start: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms")

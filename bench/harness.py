@@ -41,8 +41,11 @@ START_TIMEOUT = 60.0
 # --- database -------------------------------------------------------------------
 
 
-def connect(url: DatabaseURL, database: str | None = None) -> pymysql.connections.Connection:
+def connect(
+    url: DatabaseURL, database: str | None = None, multi_statements: bool = False
+) -> pymysql.connections.Connection:
     return pymysql.connect(
+        client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS if multi_statements else 0,
         host=url.host,
         port=url.port,
         user=url.user,

@@ -649,6 +649,9 @@ class Worker:
     async def handle_poll(self, data: dict[str, Any]) -> Any:
         targets = self._served(data["targets"])
         self.poll(targets)
+        # The claim loop runs first and sends its query before this reply goes out: the
+        # database works on the claim while the reply travels.
+        await asyncio.sleep(0)
         return {"targets": targets}
 
     async def handle_pause(self, data: dict[str, Any]) -> Any:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from jobd.config import DEFAULT_MASTER_CONFIG, MasterConfig, load_master_config
-from jobd.service import daemon_command, load_curve
-from jobd_master.daemon import check_schedules, run_master
+import sys
+
+# The master speaks no TLS (CURVE is ZeroMQ's own, over libsodium), yet asyncio imports
+# ssl, which maps OpenSSL: about 5 MB of a master that should fit in 30 MB with a hundred
+# workers.  With ssl marked missing, asyncio (and pymysql, for the scheduler's database)
+# go on without it, as they do on a Python built without OpenSSL.
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+from jobd.config import DEFAULT_MASTER_CONFIG, MasterConfig, load_master_config  # noqa: E402
+from jobd.service import daemon_command, load_curve  # noqa: E402
+from jobd_master.daemon import check_schedules, run_master  # noqa: E402
 
 
 async def check(config: MasterConfig) -> str:

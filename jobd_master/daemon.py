@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
+import os
 import signal
 
 import zmq
@@ -38,7 +38,7 @@ async def run_master(config: MasterConfig) -> int:
         raise StartupError(f"cannot publish events on {config.events}: {exc}") from None
     master = Master(config, events)
     dispatcher = Dispatcher(protocol.MASTER_REQUESTS, master.handlers, log)
-    endpoint = Endpoint(sock, dispatcher, log, first_number=secrets.randbelow(1 << 48) + 1)
+    endpoint = Endpoint(sock, dispatcher, log, first_number=int.from_bytes(os.urandom(6)) + 1)
     # Request numbers start at a random point: a worker may send a late reply to a request
     # of a previous master process (a run-manual that outlived it), which must not be taken
     # for the answer to one of ours.  (rpc.Endpoint has no parameter for it yet.)

@@ -157,13 +157,12 @@ class Master:
         self.registry.add(worker)
         self.gone[worker.name] = asyncio.Event()
 
-        def poll(targets: list[str]) -> Awaitable[Any]:
-            # The endpoint's own coroutine, so that the message is handed to the socket in
-            # the first step of its task (PollFlow relies on it to tell when it was sent).
+        def poll(targets: list[str]) -> asyncio.Future[Any]:
+            # Handed to the socket before this returns: PollFlow counts it sent from here.
             # Targets the worker dropped since the poke are left out: it would refuse them.
             assert self.endpoint is not None
             served = [t for t in targets if t in worker.targets] or targets
-            return self.endpoint.request(
+            return self.endpoint.send_request(
                 "poll", {"targets": served}, envelope=worker.envelope, timeout=POLL_TIMEOUT
             )
 
@@ -299,10 +298,11 @@ class Master:
 
     async def handle_poke(self, data: dict[str, Any]) -> Any:
         sent, unserved = self.poke(data["targets"])
-        if sent:
+        waiting = [f for f in sent.values() if not f.done()]  # most polls went out at once
+        if waiting:
             # asyncio.wait, not gather: these futures are shared with other pokes and
             # must not be cancelled with this one.
-            await asyncio.wait(sent.values())
+            await asyncio.wait(waiting)
         return {
             "workers": sorted(n for n, f in sent.items() if f.result()),
             "errors": {n: "poll not sent" for n, f in sent.items() if not f.result()},

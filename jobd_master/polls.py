@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from jobd.protocol import RequestError
@@ -23,8 +23,9 @@ from jobd.rpc import NoAnswer
 
 log = logging.getLogger("jobd_master.polls")
 
-#: Sends one poll of these targets to the worker and returns its reply.
-PollRequest = Callable[[list[str]], Awaitable[Any]]
+#: Hands one poll of these targets to the socket at once and returns the future of the
+#: worker's reply (failing with NoAnswer or RequestError); raises NoAnswer if it cannot.
+PollRequest = Callable[[list[str]], "asyncio.Future[Any]"]
 #: Told about a poll that failed, with its targets.
 PollFailed = Callable[[list[str], Exception], None]
 
@@ -43,35 +44,45 @@ class PollFlow:
         self.sent = 0
 
     def poll(self, targets: Iterable[str]) -> asyncio.Future[bool]:
-        """Have these targets polled; the future says when the poll carrying them was sent."""
+        """Have these targets polled; the future says when the poll carrying them was sent.
+        With no poll in flight it goes out now, before this returns."""
         self.pending.update(targets)
         if self._next_sent is None:
             self._next_sent = asyncio.get_running_loop().create_future()
         sent = self._next_sent
         if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name=f"polls-{self.name}")
+            self._runner = asyncio.create_task(self._run(*self._send()), name=f"polls-{self.name}")
         return sent
 
-    async def _run(self) -> None:
+    def _send(self) -> tuple[list[str], asyncio.Future[Any] | None]:
+        """Hand the pending targets to the socket in one poll: (them, the reply's future,
+        None when it could not be sent)."""
+        targets = sorted(self.pending)
+        self.pending.clear()
+        sent, self._next_sent = self._next_sent, None
         try:
-            while self.pending:
-                targets = sorted(self.pending)
-                self.pending.clear()
-                sent, self._next_sent = self._next_sent, None
-                reply = asyncio.ensure_future(self._request(targets))
-                try:
-                    # The request hands its message to the socket in its first step, which
-                    # runs before we resume: from here on the poll counts as sent.
-                    await asyncio.sleep(0)
-                    handed_over = not (reply.done() and reply.exception() is not None)
-                    self.sent += handed_over
-                    _resolve(sent, handed_over)
-                    await reply
-                except (NoAnswer, RequestError) as exc:
-                    self._failed(targets, exc)
-                finally:
-                    _resolve(sent, False)  # cancelled before sending
-                    reply.cancel()
+            reply = self._request(targets)
+        except NoAnswer as exc:
+            _resolve(sent, False)
+            self._failed(targets, exc)
+            return targets, None
+        self.sent += 1
+        _resolve(sent, True)
+        return targets, reply
+
+    async def _run(self, targets: list[str], reply: asyncio.Future[Any] | None) -> None:
+        try:
+            while True:
+                if reply is not None:
+                    try:
+                        await reply
+                    except (NoAnswer, RequestError) as exc:
+                        self._failed(targets, exc)
+                    finally:
+                        reply.cancel()
+                if not self.pending:
+                    return
+                targets, reply = self._send()
         finally:
             self._runner = None
 

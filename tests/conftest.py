@@ -167,12 +167,15 @@ class Daemon:
     _log: Any = field(default=None, repr=False)
     #: jobd.curve.ClientCurve for a daemon with CURVE keys (readiness checks, request).
     curve: Any = None
+    #: Descriptors the daemon inherits beyond 0, 1 and 2.
+    pass_fds: tuple[int, ...] = ()
 
     def start(self, wait: bool = True) -> Daemon:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            pass_fds=self.pass_fds,
+        )  # fmt: skip
         if wait:
             self.wait_ready()
         return self
@@ -241,6 +244,7 @@ def start_worker(jobs: Jobs, tmp_path: Path, daemons: list[Daemon]) -> Callable[
         targets: dict[str, Any] | None = None,
         command: str = "/bin/true",
         wait: bool = True,
+        pass_fds: tuple[int, ...] = (),
         **config: Any,
     ) -> Daemon:
         n = next(counter)
@@ -256,7 +260,9 @@ def start_worker(jobs: Jobs, tmp_path: Path, daemons: list[Daemon]) -> Callable[
             "log": {"level": "info"},
         }
         settings.update(config)
-        return launch(tmp_path / settings["name"], "jobd", settings, daemons, wait)
+        return launch(
+            tmp_path / settings["name"], "jobd", settings, daemons, wait, pass_fds=pass_fds
+        )
 
     return start
 

@@ -9,18 +9,21 @@ from jobd_master.polls import PollFlow
 
 
 class FakeWorker:
-    """Records each poll when it is 'sent' (first step) and answers when told to."""
+    """Records each poll when it is sent (handed over) and answers when told to."""
 
     def __init__(self) -> None:
         self.sent: list[list[str]] = []
         self.replies: list[asyncio.Future[None]] = []
         self.failed: list[tuple[list[str], Exception]] = []
+        self.refuse = False  # the socket cannot take a poll (no such peer)
 
-    async def request(self, targets: list[str]) -> None:
+    def request(self, targets: list[str]) -> asyncio.Future[None]:
+        if self.refuse:
+            raise NoAnswer("cannot send: no route")
         self.sent.append(targets)
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
-        await reply
+        return reply
 
     def answer(self, exc: Exception | None = None) -> None:
         reply = self.replies[-1]
@@ -31,7 +34,7 @@ async def test_first_poke_goes_at_once_and_the_rest_is_coalesced():
     worker = FakeWorker()
     flow = PollFlow("w", worker.request, lambda t, e: worker.failed.append((t, e)))
     first = flow.poll(["a"])
-    assert await first is True  # sent, although the worker has not answered
+    assert first.done() and first.result() is True  # sent before poll() returned
     assert worker.sent == [["a"]]
 
     later = [flow.poll([t]) for t in ["b", "a", "c"] * 1000]
@@ -57,3 +60,16 @@ async def test_close_tells_waiting_pokes_their_poll_was_not_sent():
     waiting = flow.poll(["b"])
     await flow.close()
     assert await waiting is False
+
+
+async def test_a_poll_the_socket_refuses_is_reported_and_the_next_poke_tries_again():
+    worker = FakeWorker()
+    flow = PollFlow("w", worker.request, lambda t, e: worker.failed.append((t, e)))
+    worker.refuse = True
+    refused = flow.poll(["a"])
+    assert refused.done() and refused.result() is False
+    assert [t for t, _ in worker.failed] == [["a"]]
+    worker.refuse = False
+    await asyncio.sleep(0)  # the runner of the refused poll ends
+    assert await flow.poll(["b"]) is True and worker.sent == [["b"]]
+    await flow.close()

@@ -132,3 +132,18 @@ def test_slots_claim_ahead_only_jobs_that_start_soon():
     for _ in range(30):
         slot.record_duration(2.0)  # long jobs: nothing ahead, no hoarding
     assert (slot.ahead(), slot.room(), slot.free()) == (0, 4, 4)
+
+
+def test_claims_take_what_starts_within_moments_straight_to_running():
+    slot = SlotQueue(concurrency=4)
+    assert slot.starts_soon() == 4  # nothing known yet: the free places only
+    slot.record_duration(0.001)  # 1 ms jobs: all 16 claimed ahead start within 10 ms
+    assert (slot.ahead(), slot.starts_soon()) == (16, 20)
+    for n in range(10):
+        slot.push(Job(n, "t", "default"))
+    # Ten queued start first: of the 40 that start within 10 ms, 6 more, and no free place.
+    assert (slot.free(), slot.room(), slot.starts_soon()) == (0, 10, 6)
+    slot.drain()
+    for _ in range(30):
+        slot.record_duration(0.05)  # 50 ms jobs: none ahead starts that soon
+    assert (slot.ahead(), slot.starts_soon()) == (8, 4)
