@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import re
 import signal
+import threading
 
 import pytest
 
@@ -10,6 +15,7 @@ from jobd import protocol
 from jobd.config import DatabaseURL, TargetConfig
 from jobd.jobs import Job
 from jobd.launcher import OutputBuffer, signal_name
+from jobd.logs import Formatter, TurnHandler
 from jobd.protocol import RequestError
 from jobd.queues import SlotQueue, TargetQueue
 
@@ -147,3 +153,34 @@ def test_claims_take_what_starts_within_moments_straight_to_running():
     for _ in range(30):
         slot.record_duration(0.05)  # 50 ms jobs: none ahead starts that soon
     assert (slot.ahead(), slot.starts_soon()) == (8, 4)
+
+
+async def test_log_lines_of_one_loop_turn_are_written_together_in_order():
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Stream()
+    handler = TurnHandler(stream)
+    handler.setFormatter(Formatter("%(asctime)s %(message)s"))
+    log = logging.getLogger("test.turns")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        for n in range(5):
+            log.warning("line %d", n)
+        assert stream.writes == 0  # not yet: at the end of this turn
+        await asyncio.sleep(0)
+        assert stream.writes == 1
+        lines = stream.getvalue().splitlines()
+        assert [line.split()[-1] for line in lines] == ["0", "1", "2", "3", "4"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} line 0", lines[0])
+        thread = threading.Thread(target=log.warning, args=("from a thread",))
+        thread.start()
+        thread.join()
+        assert stream.getvalue().endswith("from a thread\n")  # outside the loop: at once
+    finally:
+        log.removeHandler(handler)
