@@ -44,7 +44,7 @@ from typing import Any
 
 import bench_scale
 import bench_worker
-from harness import DEFAULT_SERVER, ROOT, Scratch, imports_rss_mb, loadavg, machine
+from harness import DEFAULT_SERVER, ROOT, Scratch, imports_rss_mb, loadavg, machine, settle
 
 from jobd.config import DatabaseURL
 
@@ -181,7 +181,10 @@ def rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
 
     def floor(pct: str) -> str:
         """The latency rows' floor: the same steps with no daemon, and the spawn alone."""
-        return f"{lat['floor']['start_ms'][pct]:.2f} (no daemon); {spawn[pct]:.2f} (spawn)"
+        parts = [f"{lat['floor']['start_ms'][pct]:.2f} (no daemon)"]
+        if spawn:
+            parts.append(f"{spawn[pct]:.2f} (spawn)")
+        return "; ".join(parts)
 
     row(
         f"throughput, {n:,} x /bin/true, one worker, concurrency {c} (jobs/s)",
@@ -357,6 +360,7 @@ def main() -> int:
             k: v for k, v in vars(args).items() if k not in ("server_url", "output", "profile_dir")
         },
         "loadavg_1m_at_start": {},
+        "settled": {},
         "phase_seconds": {},
         "errors": {},
     }
@@ -389,6 +393,9 @@ def main() -> int:
             print(f"==> scratch database {scratch.database}")
             for name in args.phases:
                 if name != "ceiling":
+                    waited, history = settle(scratch)
+                    results["settled"][name] = {"seconds": round(waited, 1), "history": history}
+                    print(f"    (database settled in {waited:.1f} s, history list {history})")
                     run_phase(name, results, lambda name=name: phases[name](scratch))
             results["machine"] = machine(scratch)
         finally:

@@ -43,14 +43,18 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    worker's entry module (`jobd.cli`).
 
 5. Latency: jobd-master, and a worker registered with it whose launcher is
-   `/bin/date +%s%N` (its stdout is written to the row).  2 x --latency-jobs jobs, one at a
-   time with the worker idle, alternating between the two ways of telling the worker:
-   take the wall clock, INSERT one row (autocommit), then either send `poll` straight to
-   the worker or `poke` to the master (each over a DEALER connection of jobd.client opened
-   before the loop), and wait until the row is done.  The latency is the time `date`
-   printed minus the time taken before the INSERT: insert + poll (or poke) -> the job's
-   process is running, including the exec of /bin/date itself, which the spawn floor of
-   step 1 shows.  The round trips of the poll and of the poke are reported too.
+   `/bin/date +%s%N` (its stdout is written to the row).  3 x --latency-jobs jobs, one at a
+   time with the worker idle, taking three ways in turn: take the wall clock, INSERT one
+   row (autocommit), then either send `poll` straight to the worker or `poke` to the
+   master (each over a DEALER connection of jobd.client opened before the loop) and wait
+   until the row is done, or -- the floor -- run the worker's steps here with no daemon:
+   the two round trips of a worker's claim (its statements, over a connection set up like
+   the worker's) on that row, then /bin/date through jobd's launcher.  The latency is the
+   time `date` printed minus the time taken before the INSERT: insert + poll (or poke) ->
+   the job's process is running, including the exec of /bin/date itself, which the spawn
+   floor of step 1 shows.  Taking the three in turn gives them the same machine: the
+   floor is what no daemon can go below, here and now.  The round trips of the poll and of
+   the poke are reported too.
 """
 
 from __future__ import annotations
@@ -358,59 +362,6 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
 # --- latency --------------------------------------------------------------------
 
 
-async def latency_loop(
-    scratch: Scratch, worker: str, master: str, count: int
-) -> dict[str, dict[str, Any]]:
-    conn = scratch.conn
-    assert conn is not None
-    starts: dict[str, list[float]] = {"worker": [], "master": []}
-    trips: dict[str, list[float]] = {"worker": [], "master": []}
-    async with Client(worker, timeout=10) as direct, Client(master, timeout=10) as via:
-        for n in range(2 * count):
-            path = "worker" if n % 2 == 0 else "master"
-            before = time.time_ns()
-            with conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO jobs (target, time_created) VALUES ('lat', UNIX_TIMESTAMP())"
-                )
-                job_id = cur.lastrowid
-            sent = time.perf_counter()
-            if path == "worker":
-                await direct.request("poll", {"targets": ["lat"]})
-            else:
-                reply = await via.request("poke", {"targets": ["lat"]})
-                if reply["workers"] != ["bench-lat"]:
-                    raise RuntimeError(f"the master did not poll the worker: {reply}")
-            trips[path].append((time.perf_counter() - sent) * 1000)
-            deadline = time.monotonic() + 10
-            while True:
-                rows = query(
-                    conn, "SELECT status, result, stdout FROM jobs WHERE id = %s", (job_id,)
-                )
-                status, result, stdout = rows[0]
-                if status == "done":
-                    break
-                if time.monotonic() > deadline:
-                    how = "poll to the worker" if path == "worker" else "poke to the master"
-                    raise RuntimeError(
-                        f"latency job {job_id} ({how}, job {n + 1} of {2 * count}) is still"
-                        f" {status} after 10 s"
-                    )
-                await asyncio.sleep(0.002)
-            if result != "ok":
-                raise RuntimeError(f"latency job {job_id} failed: {stdout!r}")
-            starts[path].append((int(stdout) - before) / 1e6)
-            await asyncio.sleep(0.01)  # the worker is idle again before the next job
-    return {
-        path: {
-            "jobs": count,
-            "start_ms": percentiles(starts[path]),
-            "round_trip_ms": percentiles(trips[path]),
-        }
-        for path in starts
-    }
-
-
 #: What a worker's claim of one row sends, in its two round trips (jobd.storage).
 FLOOR_SELECT = (
     "START TRANSACTION; SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts,"
@@ -423,40 +374,91 @@ FLOOR_UPDATE = (
     "UPDATE jobs SET worker = 'bench-floor', time_claimed = %s, status = 'running',"
     " time_started = %s, attempts = attempts + 1 WHERE id = %s; COMMIT"
 )
+#: The three ways a job is started in the latency loop, taken in turn.
+LATENCY_PATHS = ("worker", "master", "floor")
 
 
-async def latency_floor(scratch: Scratch, count: int) -> list[float]:
-    """The latency with no daemon in the way: this process does the steps itself, one job
-    at a time, as `latency_loop` times them: INSERT, the claim's two round trips (the
-    statements of a worker's claim), then /bin/date through jobd's launcher."""
-    # A connection like the worker's: multi-statements, READ COMMITTED.
-    conn = connect(scratch.server, scratch.database, multi_statements=True)
+async def floor_start(
+    cur: pymysql.cursors.Cursor, spawn: Callable[[list[str]], Awaitable[bytes]]
+) -> bytes:
+    """The floor: a worker's steps with no daemon in the way.  This process itself runs
+    the claim's two round trips (the statements of a worker's claim) on the row it has
+    just inserted, then /bin/date through jobd's launcher.  Returns what date printed."""
+    now = int(time.time())
+    cur.execute(FLOOR_SELECT, ("floor", now, 8))
+    cur.nextset()
+    ((job_id, *_),) = cur.fetchall()
+    cur.execute(FLOOR_UPDATE, (now, now, job_id))
+    while cur.nextset():
+        pass
+    stdout = await spawn(["/bin/date", "+%s%N"])
+    cur.execute("UPDATE jobs SET status = 'done', result = 'ok' WHERE id = %s", (job_id,))
+    return stdout
+
+
+async def wait_row_done(conn: pymysql.connections.Connection, job_id: int, what: str) -> bytes:
+    """Poll the row until it is done (every 2 ms, 10 s at most); returns its stdout."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = query(conn, "SELECT status, result, stdout FROM jobs WHERE id = %s", (job_id,))
+        status, result, stdout = rows[0]
+        if status == "done":
+            if result != "ok":
+                raise RuntimeError(f"latency job {job_id} failed: {stdout!r}")
+            return stdout
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"latency job {job_id} ({what}) is still {status} after 10 s")
+        await asyncio.sleep(0.002)
+
+
+async def latency_loop(
+    scratch: Scratch, worker: str, master: str, count: int
+) -> dict[str, dict[str, Any]]:
+    conn = scratch.conn
+    assert conn is not None
+    starts: dict[str, list[float]] = {path: [] for path in LATENCY_PATHS}
+    trips: dict[str, list[float]] = {"worker": [], "master": []}
     spawn = jobd_spawner()
-    floor = []
-    with conn, conn.cursor() as cur:
-        cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        for _ in range(count):
-            before = time.time_ns()
-            cur.execute(
-                "INSERT INTO jobs (target, time_created) VALUES ('floor', UNIX_TIMESTAMP())"
-            )
-            now = int(time.time())
-            cur.execute(FLOOR_SELECT, ("floor", now, 8))
-            cur.nextset()
-            ((job_id, *_),) = cur.fetchall()
-            cur.execute(FLOOR_UPDATE, (now, now, job_id))
-            while cur.nextset():
-                pass
-            stdout = await spawn(["/bin/date", "+%s%N"])
-            floor.append((int(stdout) - before) / 1e6)
-            cur.execute("UPDATE jobs SET status = 'done', result = 'ok' WHERE id = %s", (job_id,))
-            await asyncio.sleep(0.01)
-    return floor
+    # The floor's claims go over a connection like the worker's: multi-statements, READ
+    # COMMITTED.
+    floor_conn = connect(scratch.server, scratch.database, multi_statements=True)
+    async with Client(worker, timeout=10) as direct, Client(master, timeout=10) as via:
+        with floor_conn, floor_conn.cursor() as floor_cur:
+            floor_cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            for n in range(len(LATENCY_PATHS) * count):
+                path = LATENCY_PATHS[n % len(LATENCY_PATHS)]
+                target = "floor" if path == "floor" else "lat"
+                before = time.time_ns()
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "INSERT INTO jobs (target, time_created) VALUES (%s, UNIX_TIMESTAMP())",
+                        (target,),
+                    )
+                    job_id = cur.lastrowid
+                sent = time.perf_counter()
+                if path == "floor":
+                    stdout = await floor_start(floor_cur, spawn)
+                else:
+                    if path == "worker":
+                        await direct.request("poll", {"targets": ["lat"]})
+                    else:
+                        reply = await via.request("poke", {"targets": ["lat"]})
+                        if reply["workers"] != ["bench-lat"]:
+                            raise RuntimeError(f"the master did not poll the worker: {reply}")
+                    trips[path].append((time.perf_counter() - sent) * 1000)
+                    how = "poll to the worker" if path == "worker" else "poke to the master"
+                    stdout = await wait_row_done(conn, job_id, how)
+                starts[path].append((int(stdout) - before) / 1e6)
+                await asyncio.sleep(0.01)  # the worker is idle again before the next job
+    result: dict[str, dict[str, Any]] = {
+        path: {"jobs": count, "start_ms": percentiles(starts[path])} for path in starts
+    }
+    for path, values in trips.items():
+        result[path]["round_trip_ms"] = percentiles(values)
+    return result
 
 
 def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    floor = asyncio.run(latency_floor(scratch, args.latency_jobs))
-    print(f"    floor, the same steps with no daemon: p50 {statistics.median(floor):.2f} ms")
     master = master_daemon(workdir, "master-lat")
     with running([master]):
         command = "/bin/date +%s%N"
@@ -468,10 +470,13 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
             result = asyncio.run(
                 latency_loop(scratch, worker.address, master.address, args.latency_jobs)
             )
-    result["floor"] = {"jobs": args.latency_jobs, "start_ms": percentiles(floor)}
-    for path, what in (("worker", "poll to the worker"), ("master", "poke to the master")):
+    for path, what in (
+        ("worker", "insert + poll to the worker"),
+        ("master", "insert + poke to the master"),
+        ("floor", "the same steps with no daemon"),
+    ):
         ms = result[path]["start_ms"]
-        print(f"    insert + {what} -> start: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms")
+        print(f"    {what} -> start: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms")
     return result
 
 

@@ -36,6 +36,8 @@ DEFAULT_SERVER = os.environ.get("JOBD_TEST_DATABASE_URL", "mysql://root@127.0.0.
 INSERT_BATCH = 1000
 #: Seconds a daemon may take to answer its first ping (two busy cores, ten starting at once).
 START_TIMEOUT = 60.0
+#: InnoDB history list length under which the server counts as settled between phases.
+SETTLED_HISTORY = 100
 
 
 # --- database -------------------------------------------------------------------
@@ -370,6 +372,19 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def loadavg() -> float:
     return os.getloadavg()[0]
+
+
+def settle(scratch: Scratch, timeout: float = 120.0) -> tuple[float, int]:
+    """Wait until the server has purged the old row versions that the previous phase left
+    (InnoDB's history list is short again), so that a phase measures the daemons and not
+    the database catching up on its predecessor's work.  Returns (seconds waited, the
+    history list length then)."""
+    started = time.monotonic()
+    while True:
+        ((_, value),) = query(scratch.admin, "SHOW GLOBAL STATUS LIKE 'Innodb_history_list_length'")
+        if int(value) < SETTLED_HISTORY or time.monotonic() - started > timeout:
+            return time.monotonic() - started, int(value)
+        time.sleep(0.2)
 
 
 def machine(scratch: Scratch) -> dict[str, Any]:
