@@ -173,6 +173,8 @@ def rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
     ceiling = r.get("ceiling", {})
     spawn = ceiling.get("spawn_latency_ms", {})
     worker = r.get("worker", {})
+    # The ceilings of the throughput rows: taken right before and after that run (means).
+    around = worker.get("throughput", {}).get("ceiling_around", {})
     lat = r.get("latency", {})
     fan = r.get("fanout", {})
     drain = r.get("drain", {})
@@ -193,12 +195,12 @@ def rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
         _num,
         ">= 1,000",
         lambda v: v >= 1000,
-        lambda: f"{_num(ceiling['jobs_per_s'])} (spawn ceiling, {ceiling['path']})",
+        lambda: f"{_num(around['jobs_per_s'])} (spawn ceiling)",
     )
     row(
-        f"throughput / spawn ceiling (fastest path: {ceiling.get('path', '-')})",
+        "throughput / spawn ceiling (the fastest spawn path)",
         "worker",
-        lambda: worker["throughput"]["jobs_per_s"] / ceiling["jobs_per_s"],
+        lambda: worker["throughput"]["jobs_per_s"] / around["jobs_per_s"],
         lambda v: f"{v * 100:.0f} %",
         ">= 80 %",
         lambda v: v >= 0.8,
@@ -207,11 +209,11 @@ def rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
     row(
         "throughput / asyncio's spawn ceiling (the issue's yardstick)",
         "worker",
-        lambda: worker["throughput"]["jobs_per_s"] / ceiling["asyncio_jobs_per_s"],
+        lambda: worker["throughput"]["jobs_per_s"] / around["asyncio_jobs_per_s"],
         lambda v: f"{v * 100:.0f} %",
         ">= 80 %",
         lambda v: v >= 0.8,
-        lambda: f"{_num(ceiling['asyncio_jobs_per_s'])} spawns/s",
+        lambda: f"{_num(around['asyncio_jobs_per_s'])} spawns/s",
     )
     for pct, goal, limit in (("p50", "<= 3", 3.0), ("p99", "<= 10", 10.0)):
         row(

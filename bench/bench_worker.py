@@ -82,6 +82,7 @@ from harness import (
     query,
     rss_mb,
     running,
+    settle,
     wait_drained,
     wait_registered,
     worker_daemon,
@@ -219,20 +220,47 @@ async def spawn_latencies(path: str, count: int) -> list[float]:
     return latencies
 
 
+def spawn_rates(paths: tuple[str, ...], count: int, concurrency: int) -> dict[str, float]:
+    """Spawns per second of /bin/true through each of these paths that is available."""
+    runs: dict[str, float] = {}
+    try:
+        for path in paths:
+            rate = asyncio.run(spawn_loop(path, ["/bin/true"], count, concurrency))
+            reset_child_watcher()
+            if rate is not None:
+                runs[path] = rate
+    finally:
+        reset_child_watcher()
+    return runs
+
+
+def ceilings(runs: dict[str, float]) -> dict[str, float]:
+    """The ceiling (the fastest path) and asyncio's (the faster of its two watchers)."""
+    return {
+        "jobs_per_s": max(runs.values()),
+        "asyncio_jobs_per_s": max(v for k, v in runs.items() if k.startswith("asyncio")),
+    }
+
+
+def around_rates(args: argparse.Namespace) -> dict[str, float]:
+    """The ceilings taken around the throughput run: jobd's path and asyncio's faster one
+    (with the pidfd watcher, or the default one where there is none)."""
+    runs = spawn_rates(("asyncio-pidfd", "jobd"), args.ceiling_jobs, args.concurrency)
+    if "asyncio-pidfd" not in runs:
+        runs |= spawn_rates(("asyncio",), args.ceiling_jobs, args.concurrency)
+    return runs
+
+
 def measure_ceiling(
     count: int, concurrency: int, drain_argv: list[str], drain_count: int, drain_concurrency: int
 ) -> dict[str, Any]:
     """The ceiling is the fastest of the spawn paths: what the machine allows a Python
     process that does nothing but spawn.  The issue's own yardstick, asyncio, is kept as
     `asyncio_jobs_per_s` (the faster of its two watchers)."""
-    runs: dict[str, float] = {}
+    runs = spawn_rates(SPAWN_PATHS, count, concurrency)
+    for path, rate in runs.items():
+        print(f"    ceiling ({path}): {rate:,.0f} spawns/s")
     try:
-        for path in SPAWN_PATHS:
-            rate = asyncio.run(spawn_loop(path, ["/bin/true"], count, concurrency))
-            reset_child_watcher()
-            if rate is not None:
-                runs[path] = rate
-                print(f"    ceiling ({path}): {rate:,.0f} spawns/s")
         best = max(runs, key=runs.__getitem__)
         latency = asyncio.run(spawn_latencies(best, 200))
         drain = asyncio.run(spawn_loop(best, drain_argv, drain_count, drain_concurrency))
@@ -247,8 +275,7 @@ def measure_ceiling(
     return {
         "jobs": count,
         "path": best,
-        "jobs_per_s": runs[best],
-        "asyncio_jobs_per_s": max(v for k, v in runs.items() if k.startswith("asyncio")),
+        **ceilings(runs),
         "spawn_latency_ms": percentiles(latency),
         "runs": {k: {"jobs_per_s": v} for k, v in runs.items()},
         "drain_launcher": {
@@ -288,6 +315,7 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
         rss_idle = rss_mb(pid)
         samples: list[tuple[int, float]] = [(0, rss_idle)]
         print(f"    worker pid {pid} ready, RSS {rss_idle:.1f} MB")
+        around = {"before": around_rates(args)}
         _, insert_statements = scratch.insert(target, args.jobs)
         print(f"    inserted {args.jobs:,} jobs in {insert_statements} statements")
         marks = itertools.count(every, every)
@@ -314,6 +342,11 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
         user_after = user_counters(conn, scratch.user) if scratch.userstat else None
         rss_after_throughput = rss_mb(pid)
         print(f"    {args.jobs / elapsed:,.0f} jobs/s ({elapsed:.2f} s)")
+        settle(scratch)  # the server's purge of this run is not the next figure's load
+        around["after"] = around_rates(args)
+        for when, runs in around.items():
+            rates = ", ".join(f"{path} {rate:,.0f}" for path, rate in runs.items())
+            print(f"    ceiling {when} the run (spawns/s): {rates}")
         done = args.jobs
         while done < total:
             n = min(mark - done, total - done)
@@ -346,6 +379,15 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
             "seconds": elapsed,
             "jobs_per_s": args.jobs / elapsed,
             "rss_after_mb": rss_after_throughput,
+            # The spawn ceilings right before and right after the run, and their means:
+            # the machine's speed drifts over minutes, and so would a ceiling taken earlier.
+            "ceiling_around": {
+                **around,
+                **{
+                    key: statistics.mean(ceilings(runs)[key] for runs in around.values())
+                    for key in ("jobs_per_s", "asyncio_jobs_per_s")
+                },
+            },
             "profile": profile,
         },
         "sql": statements,
