@@ -129,8 +129,9 @@ class RunningJob:
         self.stdout = OutputBuffer(max_output)
         self.stderr = OutputBuffer(max_output)
         self._open = {stdout: self.stdout, stderr: self.stderr}
+        # Blocking descriptors are fine: each read follows a readiness event from the
+        # loop, and nothing else reads these pipes, so it returns what is there at once.
         for fd, buffer in self._open.items():
-            os.set_blocking(fd, False)
             loop.add_reader(fd, self._read, fd, buffer)
         try:
             pidfd = os.pidfd_open(pid)
@@ -146,8 +147,6 @@ class RunningJob:
     def _read(self, fd: int, buffer: OutputBuffer) -> None:
         try:
             chunk = os.read(fd, _READ_SIZE)
-        except BlockingIOError:
-            return
         except OSError:
             chunk = b""
         if chunk:
