@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobd.client import Client, RequestError
+from jobd.client import Client, Jobd, RequestError
 
 from conftest import Daemon, wait_for
 
@@ -335,3 +335,23 @@ def test_pause_continue_fan_out_and_status_of_slow_workers(start_master, start_w
         assert "status" not in status["workers"]["w1"]
     finally:
         w1.signal(signal.SIGCONT)
+
+
+def test_the_master_runs_without_openssl_and_its_scheduler_still_reaches_the_database(
+    jobs, start_master, start_worker
+):
+    # jobd_master/cli.py keeps asyncio from mapping OpenSSL (about 5 MB of the master);
+    # the scheduler's database client (pymysql) works without it.
+    master = start_master(database=jobs.db.url_string, table=jobs.table)
+    assert master.process is not None
+    with open(f"/proc/{master.process.pid}/maps") as f:
+        maps = f.read()
+    assert "libssl" not in maps and "_ssl." not in maps
+    start_worker({"t": 1}, master=master.address)
+    wait_for(lambda: registered(master, "w0"), 5, "the worker registered")
+    with Jobd(jobs.db.url_string, table=jobs.table, master=master.address) as jobd:
+        tick = jobd.schedule("tick", "t", interval=1)
+        wait_for(
+            lambda: jobs.count("schedule_id = %s AND status = 'done'", (tick.id,)) >= 1,
+            10, "a job of the master's schedule done",
+        )  # fmt: skip

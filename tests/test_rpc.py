@@ -12,7 +12,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from jobd.rpc import Endpoint, configure_socket
+from jobd.rpc import Endpoint, NoAnswer, configure_socket
 
 
 def echo_server(box: list[int], stop: threading.Event) -> None:
@@ -53,4 +53,36 @@ async def test_try_send_while_a_reply_waits_does_not_stall_the_reader():
     finally:
         stop.set()
         await endpoint.close()
+        ctx.term()
+
+
+@pytest.mark.timeout(30)
+async def test_send_request_hands_over_at_once_or_says_why_not():
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    configure_socket(router, -1)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.IDENTITY, b"peer")
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    endpoint = Endpoint(router, None, logging.getLogger("test"))
+    endpoint.start()
+    try:
+        with pytest.raises(NoAnswer, match="cannot send"):
+            endpoint.send_request("poll", envelope=[b"nobody"], timeout=1)  # no such peer
+        await peer.send(msgpack.packb({"no": 0, "type": "ping"}))  # the peer is known now
+        await asyncio.sleep(0.2)
+        reply = endpoint.send_request("poll", {"targets": ["t"]}, envelope=[b"peer"], timeout=5)
+        request = msgpack.unpackb(await asyncio.wait_for(peer.recv(), 5))  # already sent
+        assert (request["type"], request["data"]) == ("poll", {"targets": ["t"]})
+        await peer.send(msgpack.packb({"no": request["no"], "data": {"targets": ["t"]}}))
+        assert await asyncio.wait_for(reply, 5) == {"targets": ["t"]}
+        silent = endpoint.send_request("poll", envelope=[b"peer"], timeout=0.2)
+        with pytest.raises(NoAnswer, match=r"no answer within 0\.2 s"):
+            await silent  # the peer never answers this one
+        assert not endpoint._pending  # nothing left waiting
+    finally:
+        await endpoint.close()
+        peer.close(0)
         ctx.term()
