@@ -276,51 +276,90 @@ class Launcher:
         }
 
     def start(self, job: Job, on_done: Callable[[Outcome], None]) -> RunningJob:
-        """Spawn the job's process; raises LaunchError if it cannot start.  `on_done`
-        gets its outcome."""
+        """Spawn the job's process; raises LaunchError if it cannot start (the job fails,
+        never the worker).  `on_done` gets its outcome."""
         argv, env = self.argv(job), self.env(job)
-        # Job data goes on stdin, never on the command line (ps shows that); without
-        # data the job inherits the worker's stdin, /dev/null (prepare_worker_process).
-        stdin_r, stdin_w = (0, -1) if job.data is None else os.pipe2(os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        process = None
+        pipes = _Pipes()
         try:
-            if self.config.cwd is None:
-                pid = os.posix_spawn(
-                    _executable(argv[0], env),
-                    argv,
-                    env,
-                    file_actions=[
-                        *([(os.POSIX_SPAWN_DUP2, stdin_r, 0)] if stdin_r else []),
-                        (os.POSIX_SPAWN_DUP2, out_w, 1),
-                        (os.POSIX_SPAWN_DUP2, err_w, 2),
-                    ],
-                    setsid=True,  # own process group, away from our terminal
-                    setsigdef=_DEFAULT_SIGNALS,
-                    setsigmask=(),
-                )
-            else:
-                process = subprocess.Popen(
-                    argv, stdin=stdin_r, stdout=out_w, stderr=err_w, cwd=self.config.cwd,
-                    env=env, start_new_session=True,
-                )  # fmt: skip
-                pid = process.pid
+            # Job data goes on stdin, never on the command line (ps shows that); without
+            # data the job inherits the worker's stdin, /dev/null (prepare_worker_process).
+            stdin = pipes.to_child() if job.data is not None else None
+            stdout, stderr = pipes.from_child(), pipes.from_child()
+            pid, process = self._spawn(argv, env, stdin, stdout, stderr)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            # ValueError: e.g. a NUL byte in an argument or variable. Whatever fails
-            # here fails the job, never the worker's slot.
-            for fd in (out_r, err_r, stdin_w):
-                if fd >= 0:
-                    os.close(fd)
+            # ValueError: e.g. a NUL byte in an argument or variable.  OSError: no such
+            # file, no permission, a bad cwd, and no descriptors left for the pipes.
+            pipes.close_all()
             raise LaunchError(f"jobd: cannot start {self.template[0]}: {exc}") from None
-        finally:
-            for fd in (out_w, err_w, stdin_r if stdin_w >= 0 else -1):
-                if fd >= 0:
-                    os.close(fd)
-        running = RunningJob(job, pid, out_r, err_r, self.max_output, on_done, process)
-        if job.data is not None:
-            running.feed_stdin(stdin_w, job.data.encode())
+        pipes.close_childs_ends()
+        running = RunningJob(job, pid, stdout[1], stderr[1], self.max_output, on_done, process)
+        if stdin is not None:
+            assert job.data is not None
+            running.feed_stdin(stdin[1], job.data.encode())
         return running
+
+    def _spawn(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        stdin: tuple[int, int] | None,
+        stdout: tuple[int, int],
+        stderr: tuple[int, int],
+    ) -> tuple[int, subprocess.Popen[bytes] | None]:
+        """The one place a job's process is started, its pipes' child ends (the first of
+        each pair) becoming its 0, 1 and 2: (its pid, and the Popen for a cwd)."""
+        if self.config.cwd is not None:
+            process = subprocess.Popen(
+                argv, stdin=stdin[0] if stdin else 0, stdout=stdout[0], stderr=stderr[0],
+                cwd=self.config.cwd, env=env, start_new_session=True,
+            )  # fmt: skip
+            return process.pid, process
+        pid = os.posix_spawn(
+            _executable(argv[0], env),
+            argv,
+            env,
+            file_actions=[
+                *([(os.POSIX_SPAWN_DUP2, stdin[0], 0)] if stdin else []),
+                (os.POSIX_SPAWN_DUP2, stdout[0], 1),
+                (os.POSIX_SPAWN_DUP2, stderr[0], 2),
+            ],
+            setsid=True,  # own process group, away from our terminal
+            setsigdef=_DEFAULT_SIGNALS,
+            setsigmask=(),
+        )
+        return pid, None
+
+
+class _Pipes:
+    """The pipes of one spawn, close-on-exec; the spawn dup2's the child's ends onto its
+    0, 1 and 2, and the worker keeps the other ends."""
+
+    def __init__(self) -> None:
+        self.childs: list[int] = []
+        self.ours: list[int] = []
+
+    def to_child(self) -> tuple[int, int]:
+        """A pipe the child reads (its stdin): (the child's end, ours)."""
+        read, write = os.pipe2(os.O_CLOEXEC)
+        self.childs.append(read)
+        self.ours.append(write)
+        return read, write
+
+    def from_child(self) -> tuple[int, int]:
+        """A pipe the child writes (its stdout or stderr): (the child's end, ours)."""
+        read, write = os.pipe2(os.O_CLOEXEC)
+        self.childs.append(write)
+        self.ours.append(read)
+        return write, read
+
+    def close_childs_ends(self) -> None:
+        """After the spawn: the child has its own copies."""
+        for fd in self.childs:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for fd in self.childs + self.ours:
+            os.close(fd)
 
 
 def _executable(name: str, env: Mapping[str, str]) -> str:

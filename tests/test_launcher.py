@@ -13,7 +13,7 @@ import pytest
 
 from jobd.config import LauncherConfig
 from jobd.jobs import Job, Outcome
-from jobd.launcher import Launcher
+from jobd.launcher import Launcher, LaunchError
 
 
 def test_a_job_inherits_no_descriptor_of_the_worker(jobs, start_worker):
@@ -81,3 +81,23 @@ async def test_exit_is_seen_without_pidfds(monkeypatch, cwd):
         assert outcome.stderr == f"err\n{cwd}\n"
     with pytest.raises(ChildProcessError):
         os.waitpid(running.pid, os.WNOHANG)  # reaped: no zombie left
+
+
+async def test_no_descriptor_left_for_the_pipes_fails_the_start_and_leaks_none(monkeypatch):
+    launcher = Launcher(LauncherConfig("/bin/true"), 4096, "w", "test-instance")
+    real_pipe2 = os.pipe2
+    opened: list[int] = []
+
+    def pipe2_until_full(flags: int) -> tuple[int, int]:
+        if len(opened) >= 2:  # the stdout pipe opens, the stderr one does not
+            raise OSError(errno.EMFILE, "Too many open files")
+        pair = real_pipe2(flags)
+        opened.extend(pair)
+        return pair
+
+    monkeypatch.setattr(os, "pipe2", pipe2_until_full)
+    with pytest.raises(LaunchError, match="Too many open files"):
+        launcher.start(Job(1, "t", "default"), lambda outcome: None)
+    for fd in opened:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed again
