@@ -118,7 +118,6 @@ class Endpoint:
         # A daemon that restarts may start its numbering elsewhere, so a late reply meant
         # for its previous life never matches one of its new requests.
         self._numbers = itertools.count(first_number)
-        #: Requests awaiting a reply: number -> (the envelope it went to, its future).
         #: Requests awaiting a reply: number -> (the envelope it went to, the future of
         #: the reply's data, which fails with RequestError for an error reply).
         self._pending: dict[int, tuple[tuple[bytes, ...], asyncio.Future[Any]]] = {}
@@ -273,17 +272,23 @@ class Endpoint:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[no] = (tuple(envelope), future)
         try:
-            try:
-                message = protocol.encode(protocol.request_message(no, type_, data))
-                await self.sock.send_multipart([*envelope, message])
-            except zmq.ZMQError as exc:
-                raise NoAnswer(f"cannot send: {exc}") from None
-            try:
-                return await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                raise NoAnswer(f"no answer within {timeout:g} s") from None
+            message = protocol.encode(protocol.request_message(no, type_, data))
+            # The timeout covers the send too: a DEALER without a pipe to its peer (a
+            # CURVE handshake refused before the first send) would wait in it for ever.
+            return await asyncio.wait_for(
+                self._send_then_wait([*envelope, message], future), timeout
+            )
+        except TimeoutError:
+            raise NoAnswer(f"no answer within {timeout:g} s") from None
         finally:
             self._pending.pop(no, None)
+
+    async def _send_then_wait(self, frames: list[bytes], reply: asyncio.Future[Any]) -> Any:
+        try:
+            await self.sock.send_multipart(frames)
+        except zmq.ZMQError as exc:
+            raise NoAnswer(f"cannot send: {exc}") from None
+        return await reply
 
     def send_request(
         self,

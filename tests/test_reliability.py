@@ -9,6 +9,8 @@ import time
 import pytest
 import yaml
 
+from jobd.launcher import find_leftovers
+
 from conftest import wait_for
 from tcp_proxy import TcpProxy
 
@@ -36,6 +38,11 @@ def test_kill_9_with_50_jobs_in_flight_then_restart(jobs, start_worker, tmp_path
     once = jobs.insert("once", 25)
     worker.request("poll")
     wait_for(lambda: len(worker.request("status")["running"]) == 50, 20, "50 processes running")
+    # Each job is three processes (flock, sh, sleep) once it is under way; the worker
+    # starts a job faster than its chain forks, so wait for all 150 before the kill.
+    db = jobs.db.url
+    instance = f"w0@{db.host}:{db.port}/{db.database}/{jobs.table}"
+    wait_for(lambda: len(find_leftovers(instance)) == 150, 20, "the 150 job processes")
     worker.kill()  # kill -9: its 50 job processes live on, orphaned
 
     assert jobs.count("status IN ('accepted', 'running')") == 50

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 
@@ -85,4 +86,29 @@ async def test_send_request_hands_over_at_once_or_says_why_not():
     finally:
         await endpoint.close()
         peer.close(0)
+        ctx.term()
+
+
+@pytest.mark.timeout(30)
+async def test_a_request_that_cannot_even_be_sent_times_out():
+    # A DEALER with no pipe to a peer blocks in send: here nothing listens and IMMEDIATE
+    # keeps it from queueing (as a CURVE handshake refused before the first send does).
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    configure_socket(sock, -1)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    endpoint = Endpoint(sock, None, logging.getLogger("test"))
+    endpoint.start()
+    try:
+        began = time.monotonic()
+        with pytest.raises(NoAnswer, match="no answer within"):
+            await endpoint.request("ping", timeout=0.3)
+        assert time.monotonic() - began < 5
+        assert not endpoint._pending
+    finally:
+        await endpoint.close()
         ctx.term()
