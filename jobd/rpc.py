@@ -271,24 +271,23 @@ class Endpoint:
         no = next(self._numbers)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[no] = (tuple(envelope), future)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         try:
             message = protocol.encode(protocol.request_message(no, type_, data))
+            sent = self.sock.send_multipart([*envelope, message])
             # The timeout covers the send too: a DEALER without a pipe to its peer (a
-            # CURVE handshake refused before the first send) would wait in it for ever.
-            return await asyncio.wait_for(
-                self._send_then_wait([*envelope, message], future), timeout
-            )
+            # CURVE handshake refused before the first send) would wait there for ever.
+            if not sent.done():
+                await asyncio.wait_for(sent, _left(deadline, loop))
+            sent.result()  # raises the send's error
+            return await asyncio.wait_for(future, _left(deadline, loop))
+        except zmq.ZMQError as exc:
+            raise NoAnswer(f"cannot send: {exc}") from None
         except TimeoutError:
             raise NoAnswer(f"no answer within {timeout:g} s") from None
         finally:
             self._pending.pop(no, None)
-
-    async def _send_then_wait(self, frames: list[bytes], reply: asyncio.Future[Any]) -> Any:
-        try:
-            await self.sock.send_multipart(frames)
-        except zmq.ZMQError as exc:
-            raise NoAnswer(f"cannot send: {exc}") from None
-        return await reply
 
     def send_request(
         self,
@@ -352,6 +351,11 @@ class Endpoint:
             await self.sock.send_multipart(frames)
         except zmq.ZMQError as exc:
             self.log.debug("request not sent: %s", exc)
+
+
+def _left(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
+    """Seconds until `deadline` (None: no deadline)."""
+    return None if deadline is None else max(0.0, deadline - loop.time())
 
 
 def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
