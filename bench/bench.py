@@ -324,6 +324,15 @@ def rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
         "<= 3",
         lambda v: v <= 3,
     )
+    if "worker_sql_per_job" in lat:
+        row(
+            "SQL statements per job, one job at a time (worker, of the latency runs)",
+            "latency",
+            lambda: lat["worker_sql_per_job"],
+            lambda v: f"{v:.2f}",
+            "-",
+            None,
+        )
     return out
 
 

@@ -509,9 +509,17 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
         )
         with running([worker]):
             wait_registered(master, {"bench-lat"})
+            assert scratch.conn is not None
+            before = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
             result = asyncio.run(
                 latency_loop(scratch, worker.address, master.address, args.latency_jobs)
             )
+            after = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
+    if before is not None and after is not None:
+        # The worker's statements for its jobs of the loop, one at a time: each a claim of
+        # its own and an outcome written alone (the floor's statements are not the worker's).
+        jobs = 2 * args.latency_jobs
+        result["worker_sql_per_job"] = sum(after[k] - before[k] for k in USER_COUNTERS) / jobs
     for path, what in (
         ("worker", "insert + poll to the worker"),
         ("master", "insert + poke to the master"),

@@ -168,6 +168,10 @@ class Claim:
     full: set[str] = field(default_factory=set)
     #: Targets with a slot that had no room and was not asked for: rows may wait for it.
     partial: set[str] = field(default_factory=set)
+    #: Targets found dry: neither full nor partial.
+    drained: set[str] = field(default_factory=set)
+    #: The earliest future not-before time of a waiting row of the drained targets.
+    next_due: int | None = None
 
 
 @dataclass(frozen=True)
@@ -289,7 +293,10 @@ class JobStore(Database):
         not have; one transaction.
 
         The hot path of every job, so it costs one round trip per target plus one: START
-        TRANSACTION travels with the first SELECT, COMMIT with the UPDATEs."""
+        TRANSACTION travels with the first SELECT, COMMIT with the UPDATEs, and so does the
+        next due time of the targets found dry (for the worker's timer of delayed jobs and
+        retries), which would otherwise cost a round trip of its own after every claim
+        that empties a target."""
         claim = Claim()
         now = int(time.time())
         lock = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
@@ -318,6 +325,7 @@ class JobStore(Database):
                 _take(claim, target, slots, rows, want, full=len(rows) >= fetch)
             if begin:
                 return claim  # nothing was selected, no transaction opened
+            claim.drained = set(wanted) - claim.full - claim.partial
             statements: list[str] = []
             params: list[Any] = []
             if claim.accepted:
@@ -328,9 +336,20 @@ class JobStore(Database):
             if claim.ignored:
                 statements.append(self._sql(Queries.ignore, ids=len(claim.ignored)))
                 params += [self.worker, now, self.worker, *claim.ignored]
+            due_at = len(statements)  # the index of its result
+            if claim.drained:
+                drained = sorted(claim.drained)
+                statements.append(self._sql(Queries.next_due, targets=len(drained)))
+                params += [*drained, now]
             await cur.execute("; ".join([*statements, "COMMIT"]), params)
-            while await cur.nextset():
-                pass
+            result = 0
+            while True:
+                if result == due_at and claim.drained:
+                    row = await cur.fetchone()
+                    claim.next_due = None if row is None or row[0] is None else int(row[0])
+                if not await cur.nextset():
+                    break
+                result += 1
         return claim
 
     async def accept_manual(
@@ -409,16 +428,6 @@ class JobStore(Database):
                 )
                 params += [*ids, *values]
         return ", ".join(sets), params
-
-    async def next_due(self, targets: Sequence[str]) -> int | None:
-        """The earliest not-before time of a waiting job of these targets, if any is
-        in the future (delayed jobs and retries)."""
-        async with self._cursor() as cur:
-            await cur.execute(
-                self._sql(Queries.next_due, targets=len(targets)), (*targets, int(time.time()))
-            )
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else int(row[0])
 
     async def record_callback(self, job_id: int, result: str) -> None:
         """Note how the delivery of a job's callback went (after the row is done)."""

@@ -331,19 +331,16 @@ class Worker:
             if self.stopping or not wants or limit <= 0:
                 continue
             async with self._claim_lock:  # stop() waits for a claim in flight
-                drained = await self._claim(wants, limit)
-            if drained is None:
+                claimed = await self._claim(wants, limit)
+            if not claimed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
                 self._wake.set()
                 continue
             delay = RETRY_MIN
-            if drained:
-                await self._arm_due_timer(sorted(drained))
 
-    async def _claim(self, wants: dict[str, dict[str, SlotWant]], limit: int) -> set[str] | None:
-        """One claim: its jobs queued (or started); returns the targets it found dry, or
-        None when the database failed."""
+    async def _claim(self, wants: dict[str, dict[str, SlotWant]], limit: int) -> bool:
+        """One claim: its jobs queued (or started); false when the database failed."""
         try:
             if self._claim_failed:
                 # A claim whose commit went through but whose answer was lost left rows in
@@ -359,28 +356,25 @@ class Worker:
         except StorageError as exc:
             self._claim_failed = True
             log.warning("claim failed, retrying: %s", exc)
-            return None
+            return False
         # A target stays wanted while rows may wait: its select came back full, or a slot
         # of it had no room and was not asked (its rows are claimed when it has room).
-        drained = set(wants) - claim.full - claim.partial
-        self.wanted -= drained - self._polled_since_claim
+        self.wanted -= claim.drained - self._polled_since_claim
         if claim.full:
             self._wake.set()  # claim again once there is room
         if claim.ignored:
             log.warning("ignored jobs of slots this worker does not have: %s", claim.ignored)
         await self._enqueue(claim.accepted)  # given back at once if the worker is stopping
         self._start_ready()
-        return drained
+        if claim.next_due is not None:
+            self._arm_due_timer(claim.next_due)
+        return True
 
-    async def _arm_due_timer(self, targets: list[str]) -> None:
+    def _arm_due_timer(self, due: int) -> None:
         """Delayed jobs (run_at) and retries start on time without polling tightly: after a
-        target runs dry, one timer polls it when its earliest waiting job comes due."""
-        try:
-            due = await self.store.next_due(targets)
-        except StorageError as exc:
-            log.warning("cannot read the next due time: %s", exc)
-            return
-        if due is None or (self._due_at is not None and self._due_at <= due):
+        target runs dry, one timer polls it when its earliest waiting job comes due (the
+        claim that found it dry read that time)."""
+        if self._due_at is not None and self._due_at <= due:
             return
         if self._due_timer is not None:
             self._due_timer.cancel()
