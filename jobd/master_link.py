@@ -53,6 +53,11 @@ HEARTBEAT_MS = 2000
 MAX_REFUSED_RETRY = 60.0
 #: Most job events in one job-events message (the protocol allows MAX_EVENTS).
 EVENTS_PER_MESSAGE = 500
+#: Seconds the events of a moment gather before they go out in one message: under load,
+#: one message carries the events of many jobs (not one a loop turn), and a job just
+#: spawned has the CPU to itself for its first milliseconds rather than sharing it with a
+#: message to the master and the master's publishing.
+EVENTS_COALESCE = 0.005
 
 
 #: Monitor events of a handshake that failed (CURVE keys refused, mechanism mismatch).
@@ -118,6 +123,7 @@ class MasterLink:
         self._tasks: list[asyncio.Task[None]] = []
         #: Job events of the current loop turn, sent together at its end.
         self._events: list[dict[str, Any]] = []
+        self._events_timer: asyncio.TimerHandle | None = None
         self.events_sent = 0
         self.events_dropped = 0
         self._dropping_since = 0  # events_dropped when the current outage began
@@ -140,6 +146,9 @@ class MasterLink:
         """Unregister (briefly: the master may be gone) and close the connection."""
         self.worker.on_targets_changed = None
         self.worker.on_event = None
+        if self._events_timer is not None:
+            self._events_timer.cancel()
+            self._send_events()  # the last outcomes' events, before unregistering
         for task in [*self._tasks, self._register_task]:
             if task is not None:
                 task.cancel()
@@ -228,15 +237,18 @@ class MasterLink:
     # --- job events ---------------------------------------------------------------
 
     def _event(self, event: dict[str, Any]) -> None:
-        """Worker.on_event: gather the events of this loop turn; they go out together."""
-        if not self._events:
-            asyncio.get_running_loop().call_soon(self._send_events)
+        """Worker.on_event: gather the events of EVENTS_COALESCE; they go out together."""
+        if self._events_timer is None:
+            self._events_timer = asyncio.get_running_loop().call_later(
+                EVENTS_COALESCE, self._send_events
+            )
         self._events.append(event)
 
     def _send_events(self) -> None:
         """Fire and forget: a job never waits for its events.  While the master is away
         (or its queue is full) they are dropped and counted; subscribers who must not
         miss an outcome read the row (jobd.client does)."""
+        self._events_timer = None
         events, self._events = self._events, []
         for i in range(0, len(events), EVENTS_PER_MESSAGE):
             chunk = events[i : i + EVENTS_PER_MESSAGE]
