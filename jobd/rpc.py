@@ -123,6 +123,15 @@ class Endpoint:
         self._pending: dict[int, tuple[tuple[bytes, ...], asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reader: asyncio.Task[None] | None = None
+        # Sends that must not wait go through a plain socket on the same libzmq socket:
+        # pyzmq's asyncio send re-reads the socket's events after every message (its
+        # descriptor is edge-triggered), which costs more than the send itself when the
+        # master polls dozens of workers at once.  Here they are re-read once a loop turn
+        # through the asyncio socket's own `get(EVENTS)`, which wakes its readers.
+        self._plain = zmq.Socket.shadow(sock.underlying)
+        self._events_check: asyncio.Handle | None = None
+        #: Sends waiting in the asyncio socket for room: a plain send must not pass them.
+        self._sends_waiting = 0
         self.dropped_replies = 0
         self._dropped_logged = -DROPPED_LOG_INTERVAL
 
@@ -138,6 +147,8 @@ class Endpoint:
             task.cancel()
         for _, future in self._pending.values():
             future.cancel()
+        if self._events_check is not None:
+            self._events_check.cancel()
         self.sock.close(linger=0)
 
     async def _read_loop(self) -> None:
@@ -213,23 +224,38 @@ class Endpoint:
         assert self.dispatcher is not None
         self._send_now(envelope, await self.dispatcher.run(no, type_, data))
 
+    def _send_at_once(self, frames: list[bytes]) -> None:
+        """Send now or raise zmq.ZMQError (zmq.Again: the peer's queue is full, or no
+        peer to send to).  The one place a message leaves without waiting."""
+        if self._sends_waiting:
+            # Behind sends that wait for room, through the asyncio socket (which keeps
+            # the order); with DONTWAIT its future is settled at once.
+            future = self.sock.send_multipart(frames, flags=zmq.DONTWAIT)
+            if future.done():
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+            else:
+                future.add_done_callback(_consume)
+            return
+        self._plain.send_multipart(frames, flags=zmq.DONTWAIT)
+        if self._events_check is None:
+            self._events_check = asyncio.get_running_loop().call_soon(self._check_events)
+
+    def _check_events(self) -> None:
+        """After plain sends: the asyncio socket's `get(EVENTS)` wakes its readers if a
+        message arrived while the sends used up the descriptor's edge."""
+        self._events_check = None
+        if not self.sock.closed:
+            self.sock.get(zmq.EVENTS)
+
     def _send_now(self, envelope: Sequence[bytes], message: Mapping[str, Any]) -> None:
         """Send a reply now or never: a peer whose queue is full (SNDHWM) does not read
         its replies, and waiting for it would pile up tasks and memory for every request
-        it sends and stall the socket for everyone else.  With DONTWAIT the async socket's
-        future is settled at once."""
+        it sends and stall the socket for everyone else."""
         try:
-            future = self.sock.send_multipart(
-                [*envelope, protocol.encode(message)], flags=zmq.DONTWAIT
-            )
+            self._send_at_once([*envelope, protocol.encode(message)])
         except zmq.ZMQError as exc:
             self._not_sent(exc)
-            return
-        if future.done():
-            if not future.cancelled() and future.exception() is not None:
-                self._not_sent(future.exception())
-        else:
-            future.add_done_callback(_consume)
 
     def _not_sent(self, exc: BaseException | None) -> None:
         if isinstance(exc, zmq.Again):
@@ -279,7 +305,11 @@ class Endpoint:
             # The timeout covers the send too: a DEALER without a pipe to its peer (a
             # CURVE handshake refused before the first send) would wait there for ever.
             if not sent.done():
-                await asyncio.wait_for(sent, _left(deadline, loop))
+                self._sends_waiting += 1
+                try:
+                    await asyncio.wait_for(sent, _left(deadline, loop))
+                finally:
+                    self._sends_waiting -= 1
             sent.result()  # raises the send's error
             return await asyncio.wait_for(future, _left(deadline, loop))
         except zmq.ZMQError as exc:
@@ -304,11 +334,9 @@ class Endpoint:
         no = next(self._numbers)
         message = protocol.encode(protocol.request_message(no, type_, data))
         try:
-            sent = self.sock.send_multipart([*envelope, message], flags=zmq.DONTWAIT)
+            self._send_at_once([*envelope, message])
         except zmq.ZMQError as exc:
             raise NoAnswer(f"cannot send: {exc}") from None
-        if sent.exception() is not None:  # settled at once with DONTWAIT
-            raise NoAnswer(f"cannot send: {sent.exception()}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[no] = (tuple(envelope), future)
@@ -321,36 +349,16 @@ class Endpoint:
         future.add_done_callback(settled)
         return future
 
-    def send_nowait(
-        self, type_: str, data: Mapping[str, Any] | None = None, envelope: Sequence[bytes] = ()
-    ) -> None:
-        """Send a request whose reply nobody waits for (it is dropped when it arrives)."""
-        no = next(self._numbers)
-        message = protocol.encode(protocol.request_message(no, type_, data))
-        self._spawn(self._send_frames([*envelope, message]))
-
     def try_send(self, type_: str, data: Mapping[str, Any] | None = None) -> bool:
         """Send a request whose reply nobody waits for, now or never: False when the socket
         cannot take it at once (no connected peer, its queue full).  Never blocks."""
         no = next(self._numbers)
         message = protocol.encode(protocol.request_message(no, type_, data))
-        # On the async socket itself: a plain (shadow) socket's send can consume the
-        # "readable" edge that the asyncio reader waits for, and the reader never wakes.
-        # With DONTWAIT the future is settled at once (zmq.Again when it cannot send).
         try:
-            future = self.sock.send(message, flags=zmq.DONTWAIT)
+            self._send_at_once([message])
         except zmq.ZMQError:
             return False
-        if not future.done():
-            future.add_done_callback(_consume)
-            return True
-        return future.exception() is None
-
-    async def _send_frames(self, frames: list[bytes]) -> None:
-        try:
-            await self.sock.send_multipart(frames)
-        except zmq.ZMQError as exc:
-            self.log.debug("request not sent: %s", exc)
+        return True
 
 
 def _left(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:

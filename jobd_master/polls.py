@@ -13,7 +13,6 @@ A poke's reply is due once a poll carrying its targets has been handed to the so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -39,7 +38,10 @@ class PollFlow:
         self.pending: set[str] = set()
         #: Resolved (True) when the poll carrying `pending` has been sent; False if never.
         self._next_sent: asyncio.Future[bool] | None = None
-        self._runner: asyncio.Task[None] | None = None
+        #: The reply of the poll in flight.  No task per poll: with 100 workers a poke
+        #: would otherwise make (and run) a task for each worker it reaches.
+        self._in_flight: asyncio.Future[Any] | None = None
+        self._closed = False
         #: Polls sent so far (shown in the master's status).
         self.sent = 0
 
@@ -50,13 +52,12 @@ class PollFlow:
         if self._next_sent is None:
             self._next_sent = asyncio.get_running_loop().create_future()
         sent = self._next_sent
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(*self._send()), name=f"polls-{self.name}")
+        if self._in_flight is None and not self._closed:
+            self._send()
         return sent
 
-    def _send(self) -> tuple[list[str], asyncio.Future[Any] | None]:
-        """Hand the pending targets to the socket in one poll: (them, the reply's future,
-        None when it could not be sent)."""
+    def _send(self) -> None:
+        """Hand the pending targets to the socket in one poll."""
         targets = sorted(self.pending)
         self.pending.clear()
         sent, self._next_sent = self._next_sent, None
@@ -65,33 +66,31 @@ class PollFlow:
         except NoAnswer as exc:
             _resolve(sent, False)
             self._failed(targets, exc)
-            return targets, None
+            return
         self.sent += 1
         _resolve(sent, True)
-        return targets, reply
+        self._in_flight = reply
+        reply.add_done_callback(lambda done: self._replied(done, targets))
 
-    async def _run(self, targets: list[str], reply: asyncio.Future[Any] | None) -> None:
-        try:
-            while True:
-                if reply is not None:
-                    try:
-                        await reply
-                    except (NoAnswer, RequestError) as exc:
-                        self._failed(targets, exc)
-                    finally:
-                        reply.cancel()
-                if not self.pending:
-                    return
-                targets, reply = self._send()
-        finally:
-            self._runner = None
+    def _replied(self, reply: asyncio.Future[Any], targets: list[str]) -> None:
+        """The poll in flight was answered (or failed): send what was poked meanwhile."""
+        self._in_flight = None
+        if reply.cancelled():
+            return  # closed
+        exc = reply.exception()
+        if isinstance(exc, NoAnswer | RequestError):
+            self._failed(targets, exc)
+        elif exc is not None:
+            log.error("poll to %s failed: %r", self.name, exc)
+        if self.pending and not self._closed:
+            self._send()
 
     async def close(self) -> None:
         """Stop; pokes still waiting for a poll to this worker are told it was not sent."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        self._closed = True
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+            self._in_flight = None
         if self._next_sent is not None:
             _resolve(self._next_sent, False)
             self._next_sent = None
