@@ -47,12 +47,16 @@ class PollFlow:
 
     def poll(self, targets: Iterable[str]) -> asyncio.Future[bool]:
         """Have these targets polled; the future says when the poll carrying them was sent.
-        With no poll in flight it goes out now, before this returns."""
+        With no poll in flight it goes out now, before this returns; never once closed."""
+        if self._closed:
+            never = asyncio.get_running_loop().create_future()
+            never.set_result(False)
+            return never
         self.pending.update(targets)
         if self._next_sent is None:
             self._next_sent = asyncio.get_running_loop().create_future()
         sent = self._next_sent
-        if self._in_flight is None and not self._closed:
+        if self._in_flight is None:
             self._send()
         return sent
 

@@ -73,3 +73,17 @@ async def test_a_poll_the_socket_refuses_is_reported_and_the_next_poke_tries_aga
     await asyncio.sleep(0)  # the runner of the refused poll ends
     assert await flow.poll(["b"]) is True and worker.sent == [["b"]]
     await flow.close()
+
+
+async def test_targets_poked_meanwhile_whose_poll_is_refused_are_reported():
+    worker = FakeWorker()
+    flow = PollFlow("w", worker.request, lambda t, e: worker.failed.append((t, e)))
+    assert await flow.poll(["a"]) is True
+    waiting = flow.poll(["b"])  # behind the poll in flight
+    worker.refuse = True  # the worker went away meanwhile
+    worker.answer()
+    assert await waiting is False
+    assert [t for t, _ in worker.failed] == [["b"]]
+    await flow.close()
+    assert await flow.poll(["c"]) is False  # a closed flow sends nothing
+    assert worker.sent == [["a"]]
