@@ -67,10 +67,11 @@ class FakeWorker:
         self.endpoint = Endpoint(sock, dispatcher, log)
         self.registered = False
 
-    async def ping(self, data: dict[str, Any]) -> Any:
+    # Plain handlers, answered as the request is read, as jobd's worker answers these two.
+    def ping(self, data: dict[str, Any]) -> Any:
         return {"name": self.name, "version": __version__}
 
-    async def poll(self, data: dict[str, Any]) -> Any:
+    def poll(self, data: dict[str, Any]) -> Any:
         now = time.monotonic_ns()
         targets = data["targets"] or self.targets
         # A plain PUSH socket: the send returns at once (or drops, never blocks the reply).

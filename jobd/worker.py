@@ -117,7 +117,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._loops: dict[str, asyncio.Task[None]] = {}
-        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+        # Coroutine functions, but for the plain ones answered as they are read.
+        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.handle_ping,
             "poll": self.handle_poll,
             "pause": self.handle_pause,
@@ -637,15 +638,14 @@ class Worker:
             )
         return target
 
-    async def handle_ping(self, data: dict[str, Any]) -> Any:
+    def handle_ping(self, data: dict[str, Any]) -> Any:
         return {"name": self.config.name, "version": __version__}
 
-    async def handle_poll(self, data: dict[str, Any]) -> Any:
+    def handle_poll(self, data: dict[str, Any]) -> Any:
+        # Answered as it is read (a plain handler: rpc.Dispatcher.immediate); the claim
+        # loop sends its query in the next turn of the event loop.
         targets = self._served(data["targets"])
         self.poll(targets)
-        # The claim loop runs first and sends its query before this reply goes out: the
-        # database works on the claim while the reply travels.
-        await asyncio.sleep(0)
         return {"targets": targets}
 
     async def handle_pause(self, data: dict[str, Any]) -> Any:
