@@ -91,22 +91,23 @@ class Dispatcher:
         self.log.debug("request %s #%s", type_, no)
         try:
             return protocol.reply_message(no, await self.handlers[type_](data))
-        except RequestError as exc:
-            return protocol.error_message(no, exc.code, exc.message)
-        except Exception:
-            self.log.exception("request #%s failed", no)
-            return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
+        except Exception as exc:
+            return self._failed(no, exc)
 
     def run_now(self, no: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
         """The reply to an accepted request of `immediate`, answered by its plain handler."""
         self.log.debug("request %s #%s", type_, no)
         try:
             return protocol.reply_message(no, self.handlers[type_](data))
-        except RequestError as exc:
+        except Exception as exc:
+            return self._failed(no, exc)
+
+    def _failed(self, no: int, exc: Exception) -> dict[str, Any]:
+        """The error reply for a handler that raised: its RequestError, else internal."""
+        if isinstance(exc, RequestError):
             return protocol.error_message(no, exc.code, exc.message)
-        except Exception:
-            self.log.exception("request #%s failed", no)
-            return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
+        self.log.error("request #%s failed", no, exc_info=exc)
+        return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
 
     async def dispatch(self, message: Any) -> dict[str, Any]:
         parsed = self.parse(message)

@@ -13,7 +13,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from jobd.rpc import Endpoint, NoAnswer, configure_socket
+from jobd import protocol
+from jobd.protocol import RequestError
+from jobd.rpc import Dispatcher, Endpoint, NoAnswer, configure_socket
 
 
 def echo_server(box: list[int], stop: threading.Event) -> None:
@@ -111,4 +113,45 @@ async def test_a_request_that_cannot_even_be_sent_times_out():
         assert not endpoint._pending
     finally:
         await endpoint.close()
+        ctx.term()
+
+
+async def test_plain_handlers_are_answered_as_read_and_their_errors_are_replies():
+    calls: list[str] = []
+
+    def ping(data: dict) -> dict:
+        calls.append("ping")
+        return {"pong": True}
+
+    def poll(data: dict) -> dict:
+        raise RequestError("not_found", "no such target")
+
+    async def status(data: dict) -> dict:
+        raise ValueError("a bug")
+
+    handlers = dict.fromkeys(protocol.WORKER_REQUESTS, status)
+    handlers.update(ping=ping, poll=poll)
+    dispatcher = Dispatcher(protocol.WORKER_REQUESTS, handlers, logging.getLogger("test"))
+    assert dispatcher.immediate == {"ping", "poll"}
+
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    configure_socket(router, -1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    peer = ctx.socket(zmq.DEALER)
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    endpoint = Endpoint(router, dispatcher, logging.getLogger("test"))
+    endpoint.start()
+    try:
+        for no, type_ in enumerate(("ping", "poll", "status"), 1):
+            await peer.send(protocol.encode(protocol.request_message(no, type_, {})))
+        replies = [msgpack.unpackb(await asyncio.wait_for(peer.recv(), 5)) for _ in range(3)]
+        by_no = {r["no"]: r for r in replies}
+        assert by_no[1]["data"] == {"pong": True} and calls == ["ping"]
+        assert (by_no[2]["code"], by_no[2]["error"]) == ("not_found", "no such target")
+        assert by_no[3]["code"] == "internal_error"  # the async handler's bug, logged
+        assert not endpoint._tasks  # no task is left behind
+    finally:
+        await endpoint.close()
+        peer.close(0)
         ctx.term()
