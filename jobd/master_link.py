@@ -121,7 +121,7 @@ class MasterLink:
         self.endpoint = Endpoint(sock, dispatcher, log, on_request=self._heard_request)
         self._register_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        #: Job events of the current loop turn, sent together at its end.
+        #: Job events gathered for the next job-events message (EVENTS_COALESCE).
         self._events: list[dict[str, Any]] = []
         self._events_timer: asyncio.TimerHandle | None = None
         self.events_sent = 0

@@ -30,7 +30,8 @@ from jobd.protocol import ErrorCode, RequestError, RequestType
 Handler = Callable[[dict[str, Any]], Awaitable[Any]] | Callable[[dict[str, Any]], Any]
 
 #: The envelope (ROUTER routing frames) of the request a handler is answering: set by
-#: the endpoint right before it starts the handler's task, which copies the context.
+#: the endpoint right before it runs a plain handler or starts a handler's task (which
+#: copies the context).
 request_envelope: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar(
     "request_envelope", default=()
 )

@@ -70,7 +70,7 @@ async def test_a_poll_the_socket_refuses_is_reported_and_the_next_poke_tries_aga
     assert refused.done() and refused.result() is False
     assert [t for t, _ in worker.failed] == [["a"]]
     worker.refuse = False
-    await asyncio.sleep(0)  # the runner of the refused poll ends
+    await asyncio.sleep(0)
     assert await flow.poll(["b"]) is True and worker.sent == [["b"]]
     await flow.close()
 
