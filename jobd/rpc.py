@@ -412,6 +412,11 @@ def bind_router(
     sock = ctx.socket(zmq.ROUTER)
     configure_socket(sock)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # Replies are sent now or never (Endpoint._send_now), and one poll sent can settle
+    # thousands of pokes in one turn: a peer's queue holds the replies of as many
+    # requests as the daemon works on at once, so only a peer that does not read loses
+    # them (ZeroMQ's default, 1,000, dropped some of a client's burst of 10,000 pokes).
+    sock.setsockopt(zmq.SNDHWM, MAX_IN_FLIGHT)
     return bind_server(sock, endpoint, curve)
 
 
