@@ -88,18 +88,30 @@ class Dispatcher:
     async def run(self, no: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
         """The reply to a request `parse` accepted."""
         if type_ in self.immediate:
-            return self.run_now(no, type_, data)
+            reply = self.run_now(no, type_, data)
+            return reply if isinstance(reply, dict) else await reply
+        self.log.debug("request %s #%s", type_, no)
+        return await self._finish(no, self.handlers[type_](data))
+
+    def run_now(
+        self, no: int, type_: str, data: dict[str, Any]
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """The reply to an accepted request of `immediate`, answered by its plain handler;
+        or, when the handler returned an awaitable (it must wait for something, which is
+        seldom: the master's poke when a poll cannot go out at once), the reply's
+        awaitable."""
         self.log.debug("request %s #%s", type_, no)
         try:
-            return protocol.reply_message(no, await self.handlers[type_](data))
+            result = self.handlers[type_](data)
         except Exception as exc:
             return self._failed(no, exc)
+        if inspect.isawaitable(result):
+            return self._finish(no, result)
+        return protocol.reply_message(no, result)
 
-    def run_now(self, no: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        """The reply to an accepted request of `immediate`, answered by its plain handler."""
-        self.log.debug("request %s #%s", type_, no)
+    async def _finish(self, no: int, pending: Awaitable[Any]) -> dict[str, Any]:
         try:
-            return protocol.reply_message(no, self.handlers[type_](data))
+            return protocol.reply_message(no, await pending)
         except Exception as exc:
             return self._failed(no, exc)
 
@@ -219,10 +231,14 @@ class Endpoint:
             self._send_now(envelope, parsed)
         elif parsed[1] in self.dispatcher.immediate:
             # No task and no turn of the event loop before the handler runs: a poll's
-            # claim starts one turn sooner.
-            self._send_now(envelope, self.dispatcher.run_now(*parsed))
+            # claim starts one turn sooner, and so does the poll a poke relays.
+            reply = self.dispatcher.run_now(*parsed)
+            if isinstance(reply, dict):
+                self._send_now(envelope, reply)
+            else:
+                self._spawn(self._answer(envelope, reply))
         else:
-            self._spawn(self._answer(envelope, *parsed))
+            self._spawn(self._answer(envelope, self.dispatcher.run(*parsed)))
 
     def _reply(self, envelope: tuple[bytes, ...], message: dict[str, Any]) -> None:
         no = message["no"]
@@ -242,11 +258,8 @@ class Endpoint:
         else:
             future.set_result(message.get("data"))
 
-    async def _answer(
-        self, envelope: list[bytes], no: int, type_: str, data: dict[str, Any]
-    ) -> None:
-        assert self.dispatcher is not None
-        self._send_now(envelope, await self.dispatcher.run(no, type_, data))
+    async def _answer(self, envelope: list[bytes], reply: Awaitable[dict[str, Any]]) -> None:
+        self._send_now(envelope, await reply)
 
     def _send_at_once(self, frames: list[bytes]) -> None:
         """Send now or raise zmq.ZMQError (zmq.Again: the peer's queue is full, or no

@@ -37,7 +37,7 @@ POLL_TIMEOUT = 1.0
 #: Pokes for targets nobody serves are remembered up to this many targets.
 MAX_REMEMBERED = 10_000
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[dict[str, Any]], Any]  # a coroutine function, or plain (rpc.Dispatcher)
 
 
 class Master:
@@ -296,18 +296,25 @@ class Master:
             unserved = []
         return {name: self.polls[name].poll(ts) for name, ts in by_worker.items()}, unserved
 
-    async def handle_poke(self, data: dict[str, Any]) -> Any:
+    def handle_poke(self, data: dict[str, Any]) -> Any:
+        """A plain handler (answered as read, see rpc.Dispatcher.run_now): most polls go out
+        at once, and then so does the reply, with no task and no turn of the event loop."""
         sent, unserved = self.poke(data["targets"])
-        waiting = [f for f in sent.values() if not f.done()]  # most polls went out at once
+        waiting = [f for f in sent.values() if not f.done()]
         if waiting:
-            # asyncio.wait, not gather: these futures are shared with other pokes and
-            # must not be cancelled with this one.
-            await asyncio.wait(waiting)
-        return {
-            "workers": sorted(n for n, f in sent.items() if f.result()),
-            "errors": {n: "poll not sent" for n, f in sent.items() if not f.result()},
-            "remembered": unserved,
-        }
+            return self._poke_reply_once_sent(sent, unserved, waiting)
+        return _poke_reply(sent, unserved)
+
+    async def _poke_reply_once_sent(
+        self,
+        sent: dict[str, asyncio.Future[bool]],
+        unserved: list[str],
+        waiting: list[asyncio.Future[bool]],
+    ) -> Any:
+        # asyncio.wait, not gather: these futures are shared with other pokes and must
+        # not be cancelled with this one.
+        await asyncio.wait(waiting)
+        return _poke_reply(sent, unserved)
 
     async def _fan_out(self, type_: str, targets: list[str] | None) -> Any:
         """Send pause/continue to the workers serving the targets (all when none)."""
@@ -452,3 +459,11 @@ class Master:
 
 def _names(targets: Mapping[str, Any]) -> str:
     return ", ".join(targets) or "none"
+
+
+def _poke_reply(sent: dict[str, asyncio.Future[bool]], unserved: list[str]) -> dict[str, Any]:
+    return {
+        "workers": sorted(n for n, f in sent.items() if f.result()),
+        "errors": {n: "poll not sent" for n, f in sent.items() if not f.result()},
+        "remembered": unserved,
+    }

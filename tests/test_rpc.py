@@ -116,7 +116,7 @@ async def test_a_request_that_cannot_even_be_sent_times_out():
         ctx.term()
 
 
-async def test_plain_handlers_are_answered_as_read_and_their_errors_are_replies():
+async def test_plain_handlers_answer_as_read_or_later_and_their_errors_are_replies():
     calls: list[str] = []
 
     def ping(data: dict) -> dict:
@@ -129,10 +129,25 @@ async def test_plain_handlers_are_answered_as_read_and_their_errors_are_replies(
     async def status(data: dict) -> dict:
         raise ValueError("a bug")
 
+    released = asyncio.Event()
+
+    async def when_released(fail: bool) -> dict:
+        await released.wait()
+        if fail:
+            raise RequestError("unavailable", "gave up waiting")
+        return {"waited": True}
+
+    def pause(data: dict) -> object:
+        # A plain handler that must wait returns an awaitable: its reply comes later.
+        return when_released(fail=False)
+
+    def continue_(data: dict) -> object:
+        return when_released(fail=True)
+
     handlers = dict.fromkeys(protocol.WORKER_REQUESTS, status)
-    handlers.update(ping=ping, poll=poll)
+    handlers.update(ping=ping, poll=poll, pause=pause, **{"continue": continue_})
     dispatcher = Dispatcher(protocol.WORKER_REQUESTS, handlers, logging.getLogger("test"))
-    assert dispatcher.immediate == {"ping", "poll"}
+    assert dispatcher.immediate == {"ping", "poll", "pause", "continue"}
 
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -143,6 +158,8 @@ async def test_plain_handlers_are_answered_as_read_and_their_errors_are_replies(
     endpoint = Endpoint(router, dispatcher, logging.getLogger("test"))
     endpoint.start()
     try:
+        await peer.send(protocol.encode(protocol.request_message(4, "pause", {})))
+        await peer.send(protocol.encode(protocol.request_message(5, "continue", {})))
         for no, type_ in enumerate(("ping", "poll", "status"), 1):
             await peer.send(protocol.encode(protocol.request_message(no, type_, {})))
         replies = [msgpack.unpackb(await asyncio.wait_for(peer.recv(), 5)) for _ in range(3)]
@@ -150,6 +167,14 @@ async def test_plain_handlers_are_answered_as_read_and_their_errors_are_replies(
         assert by_no[1]["data"] == {"pong": True} and calls == ["ping"]
         assert (by_no[2]["code"], by_no[2]["error"]) == ("not_found", "no such target")
         assert by_no[3]["code"] == "internal_error"  # the async handler's bug, logged
+        # The waiting plain handlers have not answered, and did not hold up the others.
+        assert len(endpoint._tasks) == 2
+        released.set()
+        later = [msgpack.unpackb(await asyncio.wait_for(peer.recv(), 5)) for _ in range(2)]
+        by_no = {r["no"]: r for r in later}
+        assert by_no[4]["data"] == {"waited": True}
+        assert (by_no[5]["code"], by_no[5]["error"]) == ("unavailable", "gave up waiting")
+        await asyncio.sleep(0)
         assert not endpoint._tasks  # no task is left behind
     finally:
         await endpoint.close()
