@@ -28,7 +28,7 @@ from jobd.config import DatabaseURL
 from jobd.db import Database, StorageError
 from jobd.jobs import Job, Outcome, Retry
 
-__all__ = ["REQUIRED_COLUMNS", "JobStore", "Queries", "StorageError"]
+__all__ = ["REQUIRED_COLUMNS", "Claim", "JobStore", "Queries", "StorageError"]
 
 DEFAULT_SLOT = "default"
 
@@ -287,6 +287,7 @@ class JobStore(Database):
         wanted: Mapping[str, Mapping[str, SlotWant]],
         known_slots: Mapping[str, Iterable[str]],
         limit: int,
+        committed: Callable[[Claim], None] | None = None,
     ) -> Claim:
         """waiting -> running for the first `start` rows of each slot, waiting -> accepted
         for up to `room` in all, and waiting -> ignored for rows of slots this worker does
@@ -296,7 +297,9 @@ class JobStore(Database):
         TRANSACTION travels with the first SELECT, COMMIT with the UPDATEs, and so does the
         next due time of the targets found dry (for the worker's timer of delayed jobs and
         retries), which would otherwise cost a round trip of its own after every claim
-        that empties a target."""
+        that empties a target.  That SELECT comes after the COMMIT, and `committed` is
+        called with the claim as soon as the COMMIT's answer is in, before the next due
+        time is read: the jobs can start while the server still works on it."""
         claim = Claim()
         now = int(time.time())
         lock = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
@@ -336,20 +339,21 @@ class JobStore(Database):
             if claim.ignored:
                 statements.append(self._sql(Queries.ignore, ids=len(claim.ignored)))
                 params += [self.worker, now, self.worker, *claim.ignored]
-            due_at = len(statements)  # the index of its result
+            statements.append("COMMIT")
+            commit_at = len(statements) - 1  # the index of its result
             if claim.drained:
                 drained = sorted(claim.drained)
                 statements.append(self._sql(Queries.next_due, targets=len(drained)))
                 params += [*drained, now]
-            await cur.execute("; ".join([*statements, "COMMIT"]), params)
-            result = 0
-            while True:
-                if result == due_at and claim.drained:
+            await cur.execute("; ".join(statements), params)
+            for result in range(len(statements)):
+                if result > 0:
+                    await cur.nextset()
+                if result == commit_at and committed is not None:
+                    committed(claim)
+                elif result > commit_at:
                     row = await cur.fetchone()
                     claim.next_due = None if row is None or row[0] is None else int(row[0])
-                if not await cur.nextset():
-                    break
-                result += 1
         return claim
 
     async def accept_manual(

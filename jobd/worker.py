@@ -37,7 +37,7 @@ from jobd.launcher import (
 from jobd.protocol import ErrorCode, RequestError
 from jobd.queues import TargetQueue
 from jobd.service import rss_bytes
-from jobd.storage import JobStore, ManualRow, SlotWant, StorageError
+from jobd.storage import Claim, JobStore, ManualRow, SlotWant, StorageError
 
 log = logging.getLogger("jobd.worker")
 
@@ -183,7 +183,7 @@ class Worker:
         after kill_grace) and record them as retried or failed with the reason."""
         self.stopping = True
         async with self._claim_lock:
-            pass  # a claim in flight finishes, and gives its jobs back (see _enqueue)
+            pass  # a claim in flight finishes, and gives its jobs back (see _queue)
         await self._release(job for target in self.targets.values() for job in target.drain())
         if self._in_flight:
             waiters = [asyncio.ensure_future(asyncio.wait(set(self._in_flight)))]
@@ -351,9 +351,16 @@ class Worker:
                     log.warning("released %d rows of a claim whose answer was lost", released)
                 self._claim_failed = False
             self._polled_since_claim.clear()
-            claim = await self.store.claim_jobs(
-                wants, {t: self.targets[t].slots.keys() for t in wants}, limit
-            )
+            orphans: list[Job] = []
+
+            def committed(claim: Claim) -> None:
+                # The jobs start once the claim is committed, before the rest of its
+                # answer (the next due time) is read.
+                orphans.extend(self._queue(claim.accepted))
+                self._start_ready()
+
+            known = {t: self.targets[t].slots.keys() for t in wants}
+            claim = await self.store.claim_jobs(wants, known, limit, committed)
         except StorageError as exc:
             self._claim_failed = True
             log.warning("claim failed, retrying: %s", exc)
@@ -365,8 +372,7 @@ class Worker:
             self._wake.set()  # claim again once there is room
         if claim.ignored:
             log.warning("ignored jobs of slots this worker does not have: %s", claim.ignored)
-        await self._enqueue(claim.accepted)  # given back at once if the worker is stopping
-        self._start_ready()
+        await self._release(orphans)  # given back at once if the worker is stopping
         if claim.next_due is not None:
             self._arm_due_timer(claim.next_due)
         return True
@@ -387,16 +393,21 @@ class Worker:
 
         self._due_timer = asyncio.get_running_loop().call_later(max(0.0, due - time.time()), fire)
 
-    async def _enqueue(self, jobs: Iterable[Job]) -> None:
+    def _queue(self, jobs: Iterable[Job]) -> list[Job]:
+        """Put claimed jobs in their slots; returns those that must go back (their target
+        or slot was removed while the claim was in flight, or the worker is stopping)."""
         orphans = []
         for job in jobs:
             target = self.targets.get(job.target)
             slot = target.slots.get(job.slot) if target else None
-            if slot is None or self.stopping:  # removed while the claim was in flight
+            if slot is None or self.stopping:
                 orphans.append(job)
             else:
                 slot.push(job)
-        await self._release(orphans)
+        return orphans
+
+    async def _enqueue(self, jobs: Iterable[Job]) -> None:
+        await self._release(self._queue(jobs))
 
     def _start_ready(self) -> None:
         self._start_pending = False

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jobd.storage import Queries
+from jobd.storage import Claim, JobStore, Queries, SlotWant
 
 from conftest import wait_for
 
@@ -46,6 +46,31 @@ def test_delayed_job_poked_at_insert_waits_for_its_time(jobs, start_worker, tmp_
     worker.request("poll")
     jobs.wait_done([job_id], timeout=10)
     assert due <= launch_times(log)[job_id] < due + 1.0
+
+
+async def test_a_claim_hands_its_jobs_over_once_committed_before_the_next_due_time(jobs):
+    """claim_jobs calls `committed` as soon as the COMMIT's answer is in: the rows are
+    then 'running' for every other connection, and the next due time (read last, in the
+    same round trip) is not known yet; it is once claim_jobs returns."""
+    due = int(time.time()) + 300
+    (now_id,) = jobs.insert("t")
+    jobs.insert("t", run_at=due)
+    store = JobStore(jobs.db.url, jobs.table, "w1")
+    await store.connect()
+    seen: list[tuple[list[int], int | None, str]] = []
+
+    def committed(claim: Claim) -> None:
+        (status,) = jobs.execute(f"SELECT status FROM `{jobs.table}` WHERE id = %s", (now_id,))
+        seen.append(([job.id for job in claim.accepted], claim.next_due, status[0]))
+
+    try:
+        claim = await store.claim_jobs(
+            {"t": {"default": SlotWant(start=2, room=2)}}, {"t": ["default"]}, 10, committed
+        )
+    finally:
+        await store.close()
+    assert seen == [([now_id], None, "running")]
+    assert claim.drained == {"t"} and claim.next_due == due
 
 
 def test_claim_query_uses_an_index(jobs):
