@@ -220,6 +220,24 @@ def rows(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, An
         lambda v: v >= 0.8,
         lambda: f"{_num(around['asyncio_jobs_per_s'])} spawns/s",
     )
+    cpu = worker.get("throughput", {}).get("cpu_ms_per_job", {})
+    spawn_cpu = worker.get("throughput", {}).get("ceiling_cpu_ms_per_spawn", {})
+
+    def cpu_parts(parts: dict[str, float], names: tuple[str, ...]) -> str:
+        return " + ".join(f"{parts[name]:.3f} {name}" for name in names if name in parts)
+
+    row(
+        "CPU per job of the throughput run (ms)",
+        "worker",
+        lambda: sum(cpu.values()),
+        lambda v: f"{v:.3f} = {cpu_parts(cpu, ('worker', 'processes', 'database'))}",
+        "-",
+        None,
+        lambda: (
+            f"{sum(spawn_cpu.values()):.3f} = {cpu_parts(spawn_cpu, ('spawner', 'processes'))}"
+            " (launcher alone)"
+        ),
+    )
     for pct, goal, limit in (("p50", "<= 3", 3.0), ("p99", "<= 10", 10.0)):
         row(
             f"insert + poke via master -> launcher start, {pct} over {ln} (ms)",

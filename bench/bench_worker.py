@@ -23,6 +23,11 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    every 0.5 s for the RSS marks).  Jobs/s is the number
    of jobs over the time from sending the poll to seeing all rows done.
 
+   The CPU time of the run is read too (/proc/PID/stat, user + system): the worker's
+   own, that of the job processes it reaped, and the database server's when it runs on
+   this host (its pid file readable); and, for the ceilings around the run, this
+   process's and its spawned processes' through jobd's launcher (getrusage), per spawn.
+
 3. SQL statements per job, in the same throughput window.  With --userstat (or when the
    server's `userstat` is already on) the count is the worker's own: the change of
    SELECT_COMMANDS + UPDATE_COMMANDS + OTHER_COMMANDS in information_schema.USER_STATISTICS
@@ -64,6 +69,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import resource
 import shlex
 import statistics
 import sys
@@ -99,6 +105,7 @@ COM_COUNTERS = (
     "Com_begin", "Com_commit", "Com_rollback", "Com_set_option",
 )  # fmt: skip
 USER_COUNTERS = ("SELECT_COMMANDS", "UPDATE_COMMANDS", "OTHER_COMMANDS")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def global_counters(conn: pymysql.connections.Connection) -> dict[str, int]:
@@ -221,18 +228,64 @@ async def spawn_latencies(path: str, count: int) -> list[float]:
     return latencies
 
 
-def spawn_rates(paths: tuple[str, ...], count: int, concurrency: int) -> dict[str, float]:
-    """Spawns per second of /bin/true through each of these paths that is available."""
+def spawn_rates(
+    paths: tuple[str, ...],
+    count: int,
+    concurrency: int,
+    cpu: dict[str, dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Spawns per second of /bin/true through each of these paths that is available; with
+    `cpu`, also the CPU time a spawn cost, ms: this process's (`spawner`) and the spawned
+    processes' (`processes`)."""
     runs: dict[str, float] = {}
     try:
         for path in paths:
+            before = own_cpu()
             rate = asyncio.run(spawn_loop(path, ["/bin/true"], count, concurrency))
+            after = own_cpu()
             reset_child_watcher()
             if rate is not None:
                 runs[path] = rate
+                if cpu is not None:
+                    cpu[path] = {
+                        "spawner": (after[0] - before[0]) / count * 1000,
+                        "processes": (after[1] - before[1]) / count * 1000,
+                    }
     finally:
         reset_child_watcher()
     return runs
+
+
+# --- CPU time ---------------------------------------------------------------------
+
+
+def own_cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process, and of its children it has reaped."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_stime
+
+
+def process_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of another process, and of its children it has reaped,
+    from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) / CLOCK_TICKS for f in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
+def server_pid(scratch: Scratch) -> int | None:
+    """The database server's pid, when it runs on this host and its pid file is readable
+    (else its CPU time is not reported)."""
+    if scratch.server.host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    (pid_file,) = query(scratch.admin, "SELECT @@GLOBAL.pid_file")[0]
+    try:
+        pid = int(Path(pid_file).read_text().split()[0])
+        process_cpu(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
 
 
 def ceilings(runs: dict[str, float]) -> dict[str, float]:
@@ -243,10 +296,12 @@ def ceilings(runs: dict[str, float]) -> dict[str, float]:
     }
 
 
-def around_rates(args: argparse.Namespace) -> dict[str, float]:
+def around_rates(
+    args: argparse.Namespace, cpu: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
     """The ceilings taken around the throughput run: jobd's path and asyncio's faster one
     (with the pidfd watcher, or the default one where there is none)."""
-    runs = spawn_rates(("asyncio-pidfd", "jobd"), args.ceiling_jobs, args.concurrency)
+    runs = spawn_rates(("asyncio-pidfd", "jobd"), args.ceiling_jobs, args.concurrency, cpu)
     if "asyncio-pidfd" not in runs:
         runs |= spawn_rates(("asyncio",), args.ceiling_jobs, args.concurrency)
     return runs
@@ -316,7 +371,9 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
         rss_idle = rss_mb(pid)
         samples: list[tuple[int, float]] = [(0, rss_idle)]
         print(f"    worker pid {pid} ready, RSS {rss_idle:.1f} MB")
-        around = {"before": around_rates(args)}
+        cpu_around: dict[str, dict[str, dict[str, float]]] = {"before": {}, "after": {}}
+        around = {"before": around_rates(args, cpu_around["before"])}
+        database = server_pid(scratch)
         _, insert_statements = scratch.insert(target, args.jobs)
         print(f"    inserted {args.jobs:,} jobs in {insert_statements} statements")
         marks = itertools.count(every, every)
@@ -334,17 +391,19 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
         user_before = user_counters(conn, scratch.user) if scratch.userstat else None
         path = args.profile_dir / "profile-worker.txt"
         profiler = Profiler(pid, path) if args.profile else None
+        cpu_before = process_cpu(pid), process_cpu(database) if database else None
         started = time.monotonic()
         call(daemon.address, "poll", {"targets": [target]})
         ended, own = wait_drained(scratch, target, processes, max(120.0, args.jobs / 20), progress)
         elapsed = ended - started
+        cpu_after = process_cpu(pid), process_cpu(database) if database else None
         profile = profiler.stop() if profiler is not None else None
         global_after = global_counters(conn)
         user_after = user_counters(conn, scratch.user) if scratch.userstat else None
         rss_after_throughput = rss_mb(pid)
         print(f"    {args.jobs / elapsed:,.0f} jobs/s ({elapsed:.2f} s)")
         settle(scratch)  # the server's purge of this run is not the next figure's load
-        around["after"] = around_rates(args)
+        around["after"] = around_rates(args, cpu_around["after"])
         for when, runs in around.items():
             rates = ", ".join(f"{path} {rate:,.0f}" for path, rate in runs.items())
             print(f"    ceiling {when} the run (spawns/s): {rates}")
@@ -390,6 +449,12 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
                 },
             },
             "profile": profile,
+            "cpu_ms_per_job": cpu_per_job(cpu_before, cpu_after, args.jobs),
+            # jobd's launcher alone, around the run (means): what a spawn costs it.
+            "ceiling_cpu_ms_per_spawn": {
+                key: statistics.mean(cpu[key] for cpu in (c["jobd"] for c in cpu_around.values()))
+                for key in ("spawner", "processes")
+            },
         },
         "sql": statements,
         "footprint": {
@@ -400,6 +465,23 @@ def worker_run(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dic
             "trend_mb_per_10k": trend(samples),
         },
     }
+
+
+def cpu_per_job(
+    before: tuple[tuple[float, float], tuple[float, float] | None],
+    after: tuple[tuple[float, float], tuple[float, float] | None],
+    jobs: int,
+) -> dict[str, float]:
+    """CPU ms per job of the throughput run: the worker's own, its jobs' processes' (the
+    children it reaped), and the database server's (with the benchmark's few queries)."""
+    ms = 1000 / jobs
+    cpu = {
+        "worker": (after[0][0] - before[0][0]) * ms,
+        "processes": (after[0][1] - before[0][1]) * ms,
+    }
+    if before[1] is not None and after[1] is not None:
+        cpu["database"] = (after[1][0] - before[1][0]) * ms
+    return cpu
 
 
 # --- latency --------------------------------------------------------------------
