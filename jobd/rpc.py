@@ -71,8 +71,6 @@ class Dispatcher:
         self.table = table
         self.handlers = handlers
         self.log = log
-        #: Requests whose handler is a plain function.
-        self.immediate = {t for t, h in handlers.items() if not inspect.iscoroutinefunction(h)}
 
     def parse(self, message: Any) -> tuple[int, str, dict[str, Any]] | dict[str, Any]:
         """(no, type, clean data) of a valid request, else its error reply."""
@@ -85,21 +83,13 @@ class Dispatcher:
             self.log.exception("request #%s could not be checked", no)
             return protocol.error_message(no, ErrorCode.INTERNAL, "internal error (logged)")
 
-    async def run(self, no: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
-        """The reply to a request `parse` accepted."""
-        if type_ in self.immediate:
-            reply = self.run_now(no, type_, data)
-            return reply if isinstance(reply, dict) else await reply
-        self.log.debug("request %s #%s", type_, no)
-        return await self._finish(no, self.handlers[type_](data))
-
-    def run_now(
+    def start(
         self, no: int, type_: str, data: dict[str, Any]
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        """The reply to an accepted request of `immediate`, answered by its plain handler;
-        or, when the handler returned an awaitable (it must wait for something, which is
-        seldom: the master's poke when a poll cannot go out at once), the reply's
-        awaitable."""
+        """Run the handler of a request `parse` accepted: the reply, when a plain handler
+        gave it at once (no task, no turn of the event loop); else the reply's awaitable,
+        for a coroutine handler or a plain one that must wait for something (the master's
+        poke while a poll to a worker is in flight)."""
         self.log.debug("request %s #%s", type_, no)
         try:
             result = self.handlers[type_](data)
@@ -108,6 +98,11 @@ class Dispatcher:
         if inspect.isawaitable(result):
             return self._finish(no, result)
         return protocol.reply_message(no, result)
+
+    async def run(self, no: int, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The reply to a request `parse` accepted."""
+        reply = self.start(no, type_, data)
+        return reply if isinstance(reply, dict) else await reply
 
     async def _finish(self, no: int, pending: Awaitable[Any]) -> dict[str, Any]:
         try:
@@ -229,16 +224,15 @@ class Endpoint:
         del message
         if isinstance(parsed, dict):
             self._send_now(envelope, parsed)
-        elif parsed[1] in self.dispatcher.immediate:
-            # No task and no turn of the event loop before the handler runs: a poll's
-            # claim starts one turn sooner, and so does the poll a poke relays.
-            reply = self.dispatcher.run_now(*parsed)
+        else:
+            # The handler runs now, before the next message is read: a plain one answers
+            # with no task and no turn of the event loop (a poll's claim starts one turn
+            # sooner, and so does the poll a poke relays); what must wait gets a task.
+            reply = self.dispatcher.start(*parsed)
             if isinstance(reply, dict):
                 self._send_now(envelope, reply)
             else:
                 self._spawn(self._answer(envelope, reply))
-        else:
-            self._spawn(self._answer(envelope, self.dispatcher.run(*parsed)))
 
     def _reply(self, envelope: tuple[bytes, ...], message: dict[str, Any]) -> None:
         no = message["no"]

@@ -653,7 +653,7 @@ class Worker:
         return {"name": self.config.name, "version": __version__}
 
     def handle_poll(self, data: dict[str, Any]) -> Any:
-        # Answered as it is read (a plain handler: rpc.Dispatcher.immediate); the claim
+        # Answered as it is read (a plain handler: rpc.Dispatcher.start); the claim
         # loop sends its query in the next turn of the event loop.
         targets = self._served(data["targets"])
         self.poll(targets)

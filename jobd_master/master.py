@@ -297,7 +297,7 @@ class Master:
         return {name: self.polls[name].poll(ts) for name, ts in by_worker.items()}, unserved
 
     def handle_poke(self, data: dict[str, Any]) -> Any:
-        """A plain handler (answered as read, see rpc.Dispatcher.run_now): most polls go out
+        """A plain handler (answered as read, see rpc.Dispatcher.start): most polls go out
         at once, and then so does the reply, with no task and no turn of the event loop."""
         sent, unserved = self.poke(data["targets"])
         waiting = [f for f in sent.values() if not f.done()]

@@ -147,7 +147,13 @@ async def test_plain_handlers_answer_as_read_or_later_and_their_errors_are_repli
     handlers = dict.fromkeys(protocol.WORKER_REQUESTS, status)
     handlers.update(ping=ping, poll=poll, pause=pause, **{"continue": continue_})
     dispatcher = Dispatcher(protocol.WORKER_REQUESTS, handlers, logging.getLogger("test"))
-    assert dispatcher.immediate == {"ping", "poll", "pause", "continue"}
+    # Plain handlers give their reply at once; a coroutine handler, or a plain one that
+    # must wait, gives its awaitable.
+    assert dispatcher.start(90, "ping", {}) == protocol.reply_message(90, {"pong": True})
+    calls.clear()
+    pending = dispatcher.start(91, "status", {})
+    assert not isinstance(pending, dict)
+    assert (await pending)["code"] == "internal_error"
 
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
