@@ -3,6 +3,7 @@ its goal and to the ceiling of the machine measured in the same run.
 
     .venv/bin/python bench/bench.py --userstat            # the full run (5 to 8 minutes)
     .venv/bin/python bench/bench.py --userstat --quick    # smaller counts (about 1.5 minutes)
+    .venv/bin/python bench/bench.py --only latency --compare ../other   # two builds in turn
 
 It needs a MariaDB account that may create databases and users (by default root with no
 password at 127.0.0.1:3306, or JOBD_TEST_DATABASE_URL, or --server-url).  It creates a
@@ -95,6 +96,13 @@ def parse_args() -> argparse.Namespace:
     add("--drain-concurrency", type=int, default=4, help="concurrency of each of them (4)")
     add("--drain-jobs", type=int, help="jobs of the drain (50,000)")
     add("--drain-ceiling-jobs", type=int, help="spawns of the drain launcher's ceiling (10,000)")
+    add(
+        "--compare",
+        metavar="DIR",
+        help="a checkout of another commit: the latency phase runs its worker too, taken in"
+        " turn with this one's (straight and through the same master), so that both builds"
+        " meet the same machine; printed and saved, not in the table",
+    )
     add("--server-url", default=DEFAULT_SERVER, help="mysql://user:pass@host:port/")
     add(
         "--userstat",
@@ -119,6 +127,10 @@ def parse_args() -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.ceiling_jobs = args.ceiling_jobs or args.jobs
+    if args.compare is not None:
+        args.compare = str(Path(args.compare).resolve())  # a string: saved with the options
+        if not Path(args.compare, "jobd", "worker.py").is_file():
+            parser.error(f"--compare: no jobd checkout at {args.compare}")
     args.phases = PHASES if not args.only else tuple(args.only.split(","))
     unknown = set(args.phases) - set(PHASES)
     if unknown:

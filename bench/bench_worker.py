@@ -61,12 +61,20 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    /bin/date itself, which the spawn floor of step 1 shows.  Taking the three in turn
    gives them the same machine: the floor is what no daemon can go below, here and now.
    The round trips of the poll and of the poke are reported too.
+
+   With --compare DIR (a checkout of another commit, e.g. `git worktree add ../other
+   HEAD~1`), a second worker runs that checkout's jobd package (same interpreter, same
+   dependencies), registered with the same master for a target of its own, and two more
+   ways join the turn: straight to it and through the master.  The host's speed drifts
+   by up to a third from one run to the next, far more than most changes move the
+   latency; taken in turn, both builds meet the same machine, job after job.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import resource
@@ -83,6 +91,7 @@ import pymysql
 from harness import (
     Profiler,
     Scratch,
+    commit_of,
     connect,
     master_daemon,
     percentiles,
@@ -499,8 +508,14 @@ FLOOR_UPDATE = (
     "UPDATE jobs SET worker = 'bench-floor', time_claimed = %s, status = 'running',"
     " time_started = %s, attempts = attempts + 1 WHERE id = %s; COMMIT"
 )
-#: The three ways a job is started in the latency loop, taken in turn.
+#: The three ways a job is started in the latency loop, taken in turn; with --compare, the
+#: other build's worker straight and through the master as well.
 LATENCY_PATHS = ("worker", "master", "floor")
+COMPARE_PATHS = ("worker-b", "master-b")
+#: The target of each path's jobs (each worker serves one).
+LATENCY_TARGETS = {
+    "worker": "lat", "master": "lat", "floor": "floor", "worker-b": "latb", "master-b": "latb"
+}  # fmt: skip
 
 
 async def floor_start(
@@ -545,22 +560,29 @@ async def wait_row_done(conn: pymysql.connections.Connection, job_id: int, what:
 
 
 async def latency_loop(
-    scratch: Scratch, worker: str, master: str, count: int
+    scratch: Scratch, workers: dict[str, str], master: str, count: int
 ) -> dict[str, dict[str, Any]]:
+    """`workers`: the address of the worker of each target (lat, and latb with --compare)."""
     conn = scratch.conn
     assert conn is not None
-    starts: dict[str, list[float]] = {path: [] for path in LATENCY_PATHS}
-    trips: dict[str, list[float]] = {"worker": [], "master": []}
+    paths = LATENCY_PATHS + (COMPARE_PATHS if "latb" in workers else ())
+    starts: dict[str, list[float]] = {path: [] for path in paths}
+    trips: dict[str, list[float]] = {path: [] for path in paths if path != "floor"}
     spawn = jobd_spawner()
     # The floor's claims go over a connection like the worker's: multi-statements, READ
     # COMMITTED.
     floor_conn = connect(scratch.server, scratch.database, multi_statements=True)
-    async with Client(worker, timeout=10) as direct, Client(master, timeout=10) as via:
+    async with contextlib.AsyncExitStack() as stack:
+        direct = {
+            target: await stack.enter_async_context(Client(address, timeout=10))
+            for target, address in workers.items()
+        }
+        via = await stack.enter_async_context(Client(master, timeout=10))
         with floor_conn, floor_conn.cursor() as floor_cur:
             floor_cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            for n in range(len(LATENCY_PATHS) * count):
-                path = LATENCY_PATHS[n % len(LATENCY_PATHS)]
-                target = "floor" if path == "floor" else "lat"
+            for n in range(len(paths) * count):
+                path = paths[n % len(paths)]
+                target = LATENCY_TARGETS[path]
                 before = time.time_ns()
                 with conn.cursor() as cur:
                     cur.execute(
@@ -572,14 +594,14 @@ async def latency_loop(
                 if path == "floor":
                     stdout = await floor_start(floor_cur, spawn)
                 else:
-                    if path == "worker":
-                        await direct.request("poll", {"targets": ["lat"]})
+                    if path.startswith("worker"):
+                        await direct[target].request("poll", {"targets": [target]})
                     else:
-                        reply = await via.request("poke", {"targets": ["lat"]})
-                        if reply["workers"] != ["bench-lat"]:
+                        reply = await via.request("poke", {"targets": [target]})
+                        if reply["workers"] != [f"bench-{target}"]:
                             raise RuntimeError(f"the master did not poll the worker: {reply}")
                     trips[path].append((time.perf_counter() - sent) * 1000)
-                    how = "poll to the worker" if path == "worker" else "poke to the master"
+                    how = "poll to the worker" if path.startswith("worker") else "poke"
                     stdout = await wait_row_done(conn, job_id, how)
                 starts[path].append((int(stdout) - before) / 1e6)
                 await asyncio.sleep(0.01)  # the worker is idle again before the next job
@@ -595,29 +617,49 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
     master = master_daemon(workdir, "master-lat")
     with running([master]):
         command = "/bin/date +%s%N"
-        worker = worker_daemon(
-            scratch, workdir, "bench-lat", command, {"lat": args.concurrency}, master.address
-        )
-        with running([worker]):
-            wait_registered(master, {"bench-lat"})
+        lat = {"lat": args.concurrency}
+        workers = [worker_daemon(scratch, workdir, "bench-lat", command, lat, master.address)]
+        if args.compare:
+            latb = {"latb": args.concurrency}
+            workers.append(
+                worker_daemon(
+                    scratch,
+                    workdir,
+                    "bench-latb",
+                    command,
+                    latb,
+                    master.address,
+                    Path(args.compare),
+                )
+            )
+        with running(workers):
+            wait_registered(master, {w.name for w in workers})
             assert scratch.conn is not None
             before = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
-            result = asyncio.run(
-                latency_loop(scratch, worker.address, master.address, args.latency_jobs)
+            addresses = dict(zip(("lat", "latb"), (w.address for w in workers), strict=False))
+            result: dict[str, Any] = asyncio.run(
+                latency_loop(scratch, addresses, master.address, args.latency_jobs)
             )
             after = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
     if before is not None and after is not None:
-        # The worker's statements for its jobs of the loop, one at a time: each a claim of
-        # its own and an outcome written alone (the floor's statements are not the worker's).
-        jobs = 2 * args.latency_jobs
+        # The workers' statements for their jobs of the loop, one at a time: each a claim
+        # of its own and an outcome written alone (the floor's statements are not theirs).
+        jobs = 2 * len(workers) * args.latency_jobs
         result["worker_sql_per_job"] = sum(after[k] - before[k] for k in USER_COUNTERS) / jobs
-    for path, what in (
-        ("worker", "insert + poll to the worker"),
-        ("master", "insert + poke to the master"),
-        ("floor", "the same steps with no daemon"),
-    ):
-        ms = result[path]["start_ms"]
+
+    def show(what: str, ms: dict[str, float]) -> None:
         print(f"    {what} -> start: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms")
+
+    show("insert + poll to the worker", result["worker"]["start_ms"])
+    show("insert + poke to the master", result["master"]["start_ms"])
+    show("the same steps with no daemon", result["floor"]["start_ms"])
+    if args.compare:
+        other = {path: result.pop(path) for path in COMPARE_PATHS}
+        commit = commit_of(Path(args.compare))
+        result["compare"] = {"code": str(args.compare), "commit": commit, **other}
+        print(f"    the build of --compare ({commit or args.compare}), in turn with those:")
+        show("  insert + poll to its worker", other["worker-b"]["start_ms"])
+        show("  insert + poke to the master", other["master-b"]["start_ms"])
     return result
 
 

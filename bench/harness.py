@@ -305,10 +305,12 @@ def worker_daemon(
     command: str,
     targets: dict[str, int],
     master: str | None = None,
+    code: Path | None = None,
 ) -> Daemon:
     """A `python -m jobd` worker as in production (log level info) except that it never
     polls by itself (poll_interval 0): every claim of a run is one the benchmark asked
-    for.  Its database password travels in JOBD_DATABASE_URL, as the README advises."""
+    for.  Its database password travels in JOBD_DATABASE_URL, as the README advises.
+    `code`: a checkout whose jobd package it runs instead of this one's (--compare)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     config: dict[str, Any] = {
         "name": name,
@@ -325,6 +327,14 @@ def worker_daemon(
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "JOBD_DATABASE_URL": scratch.worker_url}
     argv = [sys.executable, "-m", "jobd", "--config", str(path)]
+    if code is not None:
+        # Its package ahead of this checkout's (the daemons run in ROOT), the same
+        # interpreter and installed dependencies.
+        run = (
+            f"import runpy, sys; sys.path.insert(0, {str(code)!r});"
+            " runpy.run_module('jobd', run_name='__main__', alter_sys=True)"
+        )
+        argv = [sys.executable, "-c", run, "--config", str(path)]
     return Daemon(name, argv, address, workdir / f"{name}.log", env)
 
 
@@ -387,6 +397,14 @@ def settle(scratch: Scratch, timeout: float = 120.0) -> tuple[float, int]:
         time.sleep(0.2)
 
 
+def commit_of(checkout: Path) -> str:
+    """The short commit of a checkout ("" when it is not a git checkout)."""
+    return subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+
+
 def machine(scratch: Scratch) -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -399,10 +417,7 @@ def machine(scratch: Scratch) -> dict[str, Any]:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 memory = int(line.split()[1]) // 1024
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True, text=True, check=False,
-    ).stdout.strip()  # fmt: skip
+    commit = commit_of(ROOT)
     dirty = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "jobd",
          "jobd_master"],
