@@ -6,12 +6,15 @@ import contextlib
 import select
 import socket
 import threading
+import time
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target address; `cut()` drops every connection and
-    refuses new ones until `restore()`.  With `capture`, every byte relayed (both
-    directions) is kept in `captured`, as an eavesdropper on the wire would see it."""
+    refuses new ones until `restore()`; `hold()` keeps the connections but relays nothing
+    until `release()` (a server that stopped answering: what was sent waits).  With
+    `capture`, every byte relayed (both directions) is kept in `captured`, as an
+    eavesdropper on the wire would see it."""
 
     def __init__(self, target: tuple[str, int], capture: bool = False) -> None:
         self.target = target
@@ -22,7 +25,14 @@ class TcpProxy:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._held = threading.Event()
         self.restore()
+
+    def hold(self) -> None:
+        self._held.set()
+
+    def release(self) -> None:
+        self._held.clear()
 
     def restore(self) -> None:
         listener = socket.socket()
@@ -70,6 +80,9 @@ class TcpProxy:
         try:
             while True:
                 readable, _, _ = select.select(list(peers), [], [], 1.0)
+                if self._held.is_set():
+                    time.sleep(0.01)  # what came stays in the kernel's buffers
+                    continue
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:

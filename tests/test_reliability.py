@@ -183,6 +183,31 @@ def test_database_cut_for_10_s_in_the_middle_of_1000_jobs(jobs, start_worker):
     assert status["name"] == "w0"
 
 
+def test_polls_are_answered_while_the_database_does_not_answer(jobs, start_worker):
+    """A database that has stopped answering (connections open, nothing comes back)
+    holds up neither the replies to polls nor anything else the worker answers, and no
+    poll is lost: the jobs run, each once, when the server answers again."""
+    url = jobs.db.url
+    proxy = TcpProxy((url.host, url.port))
+    try:
+        through_proxy = jobs.db.url_string.replace(f":{url.port}/", f":{proxy.port}/")
+        worker = start_worker({"t": 2}, database=through_proxy)
+        worker.request("ping")
+        proxy.hold()
+        ids = jobs.insert("t", 3)  # straight to the server, not through the proxy
+        assert worker.request("poll", {"targets": ["t"]}, timeout=2.0) == {"targets": ["t"]}
+        time.sleep(1.0)
+        assert jobs.count("status = 'waiting'") == 3  # its claim's query waits in the proxy
+        for _ in range(20):  # more polls while that claim is stuck
+            assert worker.request("poll", {"targets": ["t"]}, timeout=2.0) == {"targets": ["t"]}
+        assert worker.request("status", timeout=2.0)["name"] == "w0"
+        proxy.release()
+        rows = jobs.wait_done(ids, timeout=30)
+    finally:
+        proxy.close()
+    assert [(r["status"], r["result"], r["attempts"]) for r in rows] == [("done", "ok", 1)] * 3
+
+
 def test_timeout_terminates_then_kills(jobs, start_worker):
     worker = start_worker(
         {"t": {"concurrency": 2, "timeout": 0.5}},
