@@ -572,7 +572,10 @@ async def latency_loop(
     # the floor (and the other build) as often: the step before a job moves its start.
     rounds = [LATENCY_PATHS]
     if "latb" in workers:
-        rounds = [LATENCY_PATHS + COMPARE_PATHS, (*COMPARE_PATHS, "floor", *LATENCY_PATHS[:2])]
+        rounds = [
+            ("worker", "master", "floor", "worker-b", "master-b"),
+            ("worker-b", "master-b", "floor", "worker", "master"),
+        ]
     order = [path for n in range(count) for path in rounds[n % len(rounds)]]
     paths = rounds[0]
     starts: dict[str, list[float]] = {path: [] for path in paths}
@@ -625,26 +628,25 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
     master = master_daemon(workdir, "master-lat")
     with running([master]):
         command = "/bin/date +%s%N"
-        lat = {"lat": args.concurrency}
-        workers = [worker_daemon(scratch, workdir, "bench-lat", command, lat, master.address)]
-        if args.compare:
-            latb = {"latb": args.concurrency}
-            workers.append(
-                worker_daemon(
-                    scratch,
-                    workdir,
-                    "bench-latb",
-                    command,
-                    latb,
-                    master.address,
-                    Path(args.compare),
-                )
+        # One worker a target, named after it: this build's, and the other's (--compare).
+        builds = {"lat": None, **({"latb": Path(args.compare)} if args.compare else {})}
+        workers = {
+            target: worker_daemon(
+                scratch,
+                workdir,
+                f"bench-{target}",
+                command,
+                {target: args.concurrency},
+                master.address,
+                code,
             )
-        with running(workers):
-            wait_registered(master, {w.name for w in workers})
+            for target, code in builds.items()
+        }
+        with running(list(workers.values())):
+            wait_registered(master, {w.name for w in workers.values()})
             assert scratch.conn is not None
             before = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
-            addresses = dict(zip(("lat", "latb"), (w.address for w in workers), strict=False))
+            addresses = {target: w.address for target, w in workers.items()}
             result: dict[str, Any] = asyncio.run(
                 latency_loop(scratch, addresses, master.address, args.latency_jobs)
             )
