@@ -111,6 +111,7 @@ from jobd.client import Client, call
 from jobd.config import LauncherConfig
 from jobd.jobs import Job, Outcome
 from jobd.launcher import Launcher, prepare_worker_process
+from jobd.storage import Queries
 
 COM_COUNTERS = (
     "Com_select", "Com_insert", "Com_update", "Com_delete", "Com_replace",
@@ -500,12 +501,8 @@ def cpu_per_job(
 
 
 #: What a worker's claim of one row sends, in its two round trips (jobd.storage).
-FLOOR_SELECT = (
-    "START TRANSACTION; SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts,"
-    " data, callback_url, schedule_id FROM jobs WHERE status = 'waiting' AND target = %s"
-    " AND (run_at IS NULL OR run_at <= %s) AND (COALESCE(slot, 'default') IN ('default')"
-    " OR COALESCE(slot, 'default') NOT IN ('default')) ORDER BY priority DESC, id LIMIT %s"
-    " FOR UPDATE SKIP LOCKED"
+FLOOR_SELECT = "START TRANSACTION; " + Queries.select_claimable.format(
+    t="jobs", free="'default'", known="'default'", lock="FOR UPDATE SKIP LOCKED"
 )
 FLOOR_UPDATE = (
     "UPDATE jobs SET worker = 'bench-floor', time_claimed = %s, status = 'running',"

@@ -52,15 +52,39 @@ class Queries:
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS"
         " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
     )
-    # One per target in a claim: the waiting rows of slots with room, plus rows of slots
-    # this worker does not serve (to be ignored), best first.
-    select_claimable = (
-        "SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts, data, callback_url,"
-        " schedule_id FROM {t}"
-        " WHERE status = 'waiting' AND target = %s AND (run_at IS NULL OR run_at <= %s)"
+    # The rows one target's claim may take: waiting and due, of slots with room, plus rows
+    # of slots this worker does not serve (to be ignored).  Its placeholders: target, now,
+    # the free slots, the known slots.
+    claimable = (
+        " FROM {t} WHERE status = 'waiting' AND target = %s AND (run_at IS NULL OR run_at <= %s)"
         " AND (COALESCE(slot, 'default') IN ({free}) OR COALESCE(slot, 'default') NOT IN ({known}))"
-        " ORDER BY priority DESC, id LIMIT %s {lock}"
     )
+    claimable_columns = (
+        "SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts, data, callback_url,"
+        " schedule_id"
+    )
+    # One per target in a claim: the claimable rows, best first (claim_idx, no sort).
+    select_claimable = (
+        claimable_columns + claimable + " ORDER BY priority DESC, id LIMIT %s {lock}"
+    )  # fmt: skip
+    # The same, from the first claimable row on, which a plain read finds first (in the
+    # same round trip): what a claim sends while purge is behind (see claim_jobs).  A row
+    # that leaves 'waiting' leaves its entry in claim_idx behind until purge removes it,
+    # and a locking read pays for every entry it passes (a lock check each) where a plain
+    # read skips them almost for free.  With no row found, the variables keep what an
+    # earlier claim of the connection left (NULL at first): the locking read then takes
+    # only rows that became claimable after the plain read, if any, as it would with NULL
+    # (none).  Either is right: such a row is left for the claim after, as one committed
+    # just after this claim would be (its poll follows).
+    find_first_claimable = (
+        "SELECT priority, id INTO @jobd_priority, @jobd_id" + claimable +
+        " ORDER BY priority DESC, id LIMIT 1"
+    )  # fmt: skip
+    select_claimable_from_first = (
+        claimable_columns + claimable +
+        " AND (priority < @jobd_priority OR (priority = @jobd_priority AND id >= @jobd_id))"
+        " ORDER BY priority DESC, id LIMIT %s {lock}"
+    )  # fmt: skip
     # Rows that start at once go straight to 'running' (saving a statement and a round
     # trip on the hot path); the others are 'accepted' and wait in their slot.
     accept = (
@@ -146,6 +170,16 @@ class Queries:
 
 #: The columns of an outcome, each named as the attribute of `Outcome` that it holds.
 OUTCOME_COLUMNS = ("result", "return_code", "sig", "stdout", "stderr")
+#: SLOW_READS_IN_A_ROW locking reads of one target's claims that each take longer than
+#: SLOW_CLAIM_READ (seconds) have most likely stepped over many rows left behind for
+#: purge (one alone may be the machine's hiccup): the target's claims then start from its
+#: first claimable row for FROM_FIRST_FOR seconds, and read from the head again after
+#: that, to see whether purge has caught up.  Starting from the first row costs a
+#: statement more, which is not worth it while purge keeps up (0.15 to 0.3 ms a claim of
+#: one job here).
+SLOW_CLAIM_READ = 0.002
+SLOW_READS_IN_A_ROW = 3
+FROM_FIRST_FOR = 60.0
 #: Most output bytes in one batched UPDATE, well under max_allowed_packet (16 MiB).
 MAX_BATCH_BYTES = 4 << 20
 
@@ -260,6 +294,9 @@ class JobStore(Database):
         super().__init__(url, table, pool_size, multi_statements=True)
         self.worker = worker
         self.skip_locked = True
+        #: Targets whose claims start from the first claimable row, until (monotonic).
+        self.from_first_until: dict[str, float] = {}
+        self._slow_reads: dict[str, int] = {}
 
     async def detect_skip_locked(self) -> None:
         """Claim with SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8)."""
@@ -299,7 +336,13 @@ class JobStore(Database):
         retries), which would otherwise cost a round trip of its own after every claim
         that empties a target.  That SELECT comes after the COMMIT, and `committed` is
         called with the claim as soon as the COMMIT's answer is in, before the next due
-        time is read: the jobs can start while the server still works on it."""
+        time is read: the jobs can start while the server still works on it.
+
+        A target's SELECTs that take over SLOW_CLAIM_READ, SLOW_READS_IN_A_ROW times in a
+        row, have most likely stepped over thousands of rows that purge has not removed yet
+        (a transaction open for long anywhere on the server stops purge); that target's
+        SELECTs then start from its first claimable row, found by a plain read in the same
+        round trip (Queries.find_first_claimable), for FROM_FIRST_FOR seconds."""
         claim = Claim()
         now = int(time.time())
         lock = "FOR UPDATE SKIP LOCKED" if self.skip_locked else "FOR UPDATE"
@@ -317,14 +360,23 @@ class JobStore(Database):
                 # Select a little more than wanted, so one full slot at the head of the
                 # order does not hide the rows of another.
                 fetch = want * 2 if len(free_slots) > 1 else want
-                sql = self._sql(
-                    Queries.select_claimable, lock, free=len(free_slots), known=len(known)
-                )
-                await cur.execute(begin + sql, (target, now, *free_slots, *known, fetch))
-                if begin:
-                    await cur.nextset()  # from START TRANSACTION's result to the rows
-                    begin = ""
+                from_first = time.monotonic() < self.from_first_until.get(target, 0.0)
+                where = (target, now, *free_slots, *known)
+                if from_first:
+                    query = f"{Queries.find_first_claimable}; {Queries.select_claimable_from_first}"
+                    select_params = (*where, *where, fetch)
+                else:
+                    query, select_params = Queries.select_claimable, (*where, fetch)
+                sql = self._sql(query, lock, free=len(free_slots), known=len(known))
+                started = time.monotonic()
+                await cur.execute(begin + sql, select_params)
+                # From the first result (START TRANSACTION's, the plain read's) to the rows.
+                for _ in range(bool(begin) + from_first):
+                    await cur.nextset()
+                begin = ""
                 rows = await cur.fetchall()
+                if not from_first:
+                    self._timed_read(target, time.monotonic() - started)
                 _take(claim, target, slots, rows, want, full=len(rows) >= fetch)
             if begin:
                 return claim  # nothing was selected, no transaction opened
@@ -355,6 +407,21 @@ class JobStore(Database):
                     row = await cur.fetchone()
                     claim.next_due = None if row is None or row[0] is None else int(row[0])
         return claim
+
+    def _timed_read(self, target: str, took: float) -> None:
+        """Count a target's slow locking reads in a row; start from the first row after
+        SLOW_READS_IN_A_ROW of them."""
+        slow = self._slow_reads.get(target, 0) + 1 if took > SLOW_CLAIM_READ else 0
+        self._slow_reads[target] = slow
+        if slow < SLOW_READS_IN_A_ROW:
+            return
+        self._slow_reads[target] = 0
+        self.from_first_until[target] = time.monotonic() + FROM_FIRST_FOR
+        log.info(
+            "claims of %s took %.1f ms: they start from the first claimable row for %.0f s"
+            " (InnoDB's purge is behind; is a transaction open for long?)",
+            target, took * 1000, FROM_FIRST_FOR,
+        )  # fmt: skip
 
     async def accept_manual(
         self, ids: Sequence[int], refusal: Callable[[ManualRow], str | None]

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jobd.storage import Claim, JobStore, Queries, SlotWant
+from jobd.storage import SLOW_READS_IN_A_ROW, Claim, JobStore, Queries, SlotWant
 
 from conftest import wait_for
 
@@ -73,6 +73,20 @@ async def test_a_claim_hands_its_jobs_over_once_committed_before_the_next_due_ti
     assert claim.drained == {"t"} and claim.next_due == due
 
 
+def claim_plan(jobs, query: str, where: tuple) -> dict:
+    """EXPLAIN of a claim's locking read (after its plain read, if it has one)."""
+    fill = {"t": f"`{jobs.table}`", "free": "%s", "known": "%s"}
+    sql = query.format(**fill, lock="FOR UPDATE SKIP LOCKED")
+    with jobs.conn.cursor() as cur:
+        if query == Queries.select_claimable_from_first:
+            cur.execute(Queries.find_first_claimable.format(**fill), where)
+        cur.execute("EXPLAIN " + sql, (*where, 10))
+        columns = [c[0] for c in cur.description]
+        plan = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    assert len(plan) == 1, plan
+    return plan[0]
+
+
 def test_claim_query_uses_an_index(jobs):
     # Enough rows of several targets and statuses that a full scan would be chosen
     # if no index fitted.
@@ -80,18 +94,111 @@ def test_claim_query_uses_an_index(jobs):
         jobs.insert(target, 500, status="done")
         jobs.insert(target, 50)
     jobs.execute(f"ANALYZE TABLE `{jobs.table}`")
-    sql = Queries.select_claimable.format(
-        t=f"`{jobs.table}`", free="%s", known="%s", lock="FOR UPDATE SKIP LOCKED"
-    )
-    with jobs.conn.cursor() as cur:
-        cur.execute("EXPLAIN " + sql, ("b", int(time.time()), "default", "default", 10))
-        columns = [c[0] for c in cur.description]
-        plan = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
-    assert len(plan) == 1
-    # The claim index serves both the filter and the priority-then-id order: no filesort.
-    assert plan[0]["key"] == "claim_idx", plan
-    assert plan[0]["type"] == "ref", plan
-    assert "filesort" not in (plan[0]["Extra"] or ""), plan
+    where = ("b", int(time.time()), "default", "default")
+    # The claim index serves both the filter and the priority-then-id order: no filesort;
+    # from the first claimable row on, a range of it.
+    for query, access in (
+        (Queries.select_claimable, "ref"),
+        (Queries.select_claimable_from_first, "range"),
+    ):
+        plan = claim_plan(jobs, query, where)
+        assert plan["key"] == "claim_idx", plan
+        assert plan["type"] == access, plan
+        assert "filesort" not in (plan["Extra"] or ""), plan
+    first = jobs.rows("target = 'b' AND status = 'waiting'")[0]["id"]
+    assert jobs.execute("SELECT @jobd_priority, @jobd_id") == [(0, first)]
+
+
+def buffer_pool_reads(jobs) -> int:
+    """Pages InnoDB looked up in its buffer pool, server-wide, so far."""
+    rows = jobs.execute("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_read_requests'")
+    return int(rows[0][1])
+
+
+async def test_claims_stop_stepping_over_the_jobs_run_while_purge_is_held_back(jobs):
+    """A transaction left open elsewhere on the server stops purge: every job run since
+    keeps a dead entry in the waiting part of claim_idx, and a claim's locking read from
+    the head of the index passes each of them (two pages each).  Such claims take long
+    (tens of ms for 30,000 here, over SLOW_CLAIM_READ on any machine); after
+    SLOW_READS_IN_A_ROW of them, the target's next claims start at the first claimable
+    row, which the plain read before them finds passing the dead entries a leaf page
+    (some hundreds of them) at a time."""
+    holder = jobs.db.connect()
+    store = JobStore(jobs.db.url, jobs.table, "w1")
+    await store.connect()
+    want = {"t": {"default": SlotWant(start=1, room=1)}}
+    taken, touched = [], []
+    try:
+        with holder.cursor() as cur:
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            cur.execute(f"SELECT COUNT(*) FROM `{jobs.table}`")
+        for _ in range(30):  # 30,000 jobs through the claim index, 1,000 at a time
+            ids = jobs.insert("t", 1000)
+            jobs.execute(
+                f"UPDATE `{jobs.table}` SET status = 'done' WHERE id BETWEEN %s AND %s",
+                (ids[0], ids[-1]),
+            )
+        jobs.insert("t", 2, priority=-1)  # rows of lower priority, behind those claimed
+        for _ in range(SLOW_READS_IN_A_ROW + 1):
+            jobs.insert("t")
+            before = buffer_pool_reads(jobs)
+            claim = await store.claim_jobs(want, {"t": ["default"]}, 10)
+            touched.append(buffer_pool_reads(jobs) - before)
+            taken += [(job.id, job.priority) for job in claim.accepted]
+    finally:
+        await store.close()
+        holder.rollback()
+        holder.close()
+    last = jobs.execute(f"SELECT MAX(id) FROM `{jobs.table}`")[0][0]
+    assert taken == [(last - n, 0) for n in range(SLOW_READS_IN_A_ROW, -1, -1)]  # not -1s
+    assert "t" in store.from_first_until
+    *slow, fast = touched
+    assert min(slow) > 2 * 30_000 - 1000, touched  # two pages a dead entry
+    assert fast * 50 < min(slow), touched  # here: 60,135 and 339
+
+
+async def test_a_claim_from_the_first_claimable_row_takes_what_one_from_the_head_takes(jobs):
+    """Priorities, slots with and without room, slots the worker does not have, delayed
+    rows: claims that start from the first claimable row take the same rows, in the same
+    order, as claims that read claim_idx from its head."""
+    now = int(time.time())
+
+    def fill() -> None:
+        jobs.insert("t", 3, slot="a", priority=1)
+        jobs.insert("t", 2, slot="b", priority=5)
+        jobs.insert("t", 2, slot="c")  # not a slot of the worker: ignored
+        jobs.insert("t", 2, slot="a", priority=9, run_at=now + 600)  # not due
+        jobs.insert("t", 4, slot="a")
+        jobs.insert("t", 2, slot="b", priority=-3)
+
+    wants = [
+        {"a": SlotWant(start=2, room=3), "b": SlotWant(start=0, room=0)},
+        {"a": SlotWant(start=1, room=1), "b": SlotWant(start=2, room=2)},
+        {"a": SlotWant(start=4, room=4), "b": SlotWant(start=1, room=1)},
+    ]
+    outcomes = []
+    for from_first in (False, True):
+        fill()
+        store = JobStore(jobs.db.url, jobs.table, "w1")
+        await store.connect()
+        if from_first:
+            store.from_first_until["t"] = float("inf")
+        seen = []
+        try:
+            for want in wants:
+                claim = await store.claim_jobs({"t": want}, {"t": ["a", "b"]}, 10)
+                seen.append(
+                    (
+                        [(j.slot, j.priority, j.marked_running) for j in claim.accepted],
+                        len(claim.ignored), sorted(claim.full), sorted(claim.drained),
+                    )
+                )  # fmt: skip
+        finally:
+            await store.close()
+        outcomes.append(seen)
+        jobs.execute(f"DELETE FROM `{jobs.table}`")
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0][0] == [("a", 1, True), ("a", 1, True), ("a", 1, False)]
 
 
 def test_data_arrives_on_stdin(jobs, start_worker):
