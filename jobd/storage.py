@@ -63,10 +63,9 @@ class Queries:
         "SELECT id, COALESCE(slot, 'default') AS slot, priority, attempts, data, callback_url,"
         " schedule_id"
     )
+    best_first = " ORDER BY priority DESC, id LIMIT %s {lock}"
     # One per target in a claim: the claimable rows, best first (claim_idx, no sort).
-    select_claimable = (
-        claimable_columns + claimable + " ORDER BY priority DESC, id LIMIT %s {lock}"
-    )  # fmt: skip
+    select_claimable = claimable_columns + claimable + best_first
     # The same, from the first claimable row on, which a plain read finds first (in the
     # same round trip): what a claim sends while purge is behind (see claim_jobs).  A row
     # that leaves 'waiting' leaves its entry in claim_idx behind until purge removes it,
@@ -83,7 +82,7 @@ class Queries:
     select_claimable_from_first = (
         claimable_columns + claimable +
         " AND (priority < @jobd_priority OR (priority = @jobd_priority AND id >= @jobd_id))"
-        " ORDER BY priority DESC, id LIMIT %s {lock}"
+        + best_first
     )  # fmt: skip
     # Rows that start at once go straight to 'running' (saving a statement and a round
     # trip on the hot path); the others are 'accepted' and wait in their slot.
@@ -376,7 +375,7 @@ class JobStore(Database):
                 begin = ""
                 rows = await cur.fetchall()
                 if not from_first:
-                    self._timed_read(target, time.monotonic() - started)
+                    self._count_slow_read(target, time.monotonic() - started)
                 _take(claim, target, slots, rows, want, full=len(rows) >= fetch)
             if begin:
                 return claim  # nothing was selected, no transaction opened
@@ -408,7 +407,7 @@ class JobStore(Database):
                     claim.next_due = None if row is None or row[0] is None else int(row[0])
         return claim
 
-    def _timed_read(self, target: str, took: float) -> None:
+    def _count_slow_read(self, target: str, took: float) -> None:
         """Count a target's slow locking reads in a row; start from the first row after
         SLOW_READS_IN_A_ROW of them."""
         slow = self._slow_reads.get(target, 0) + 1 if took > SLOW_CLAIM_READ else 0

@@ -123,32 +123,21 @@ async def test_claims_stop_stepping_over_the_jobs_run_while_purge_is_held_back(j
     SLOW_READS_IN_A_ROW of them, the target's next claims start at the first claimable
     row, which the plain read before them finds passing the dead entries a leaf page
     (some hundreds of them) at a time."""
-    holder = jobs.db.connect()
     store = JobStore(jobs.db.url, jobs.table, "w1")
     await store.connect()
     want = {"t": {"default": SlotWant(start=1, room=1)}}
     taken, touched = [], []
     try:
-        with holder.cursor() as cur:
-            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            cur.execute(f"SELECT COUNT(*) FROM `{jobs.table}`")
-        for _ in range(30):  # 30,000 jobs through the claim index, 1,000 at a time
-            ids = jobs.insert("t", 1000)
-            jobs.execute(
-                f"UPDATE `{jobs.table}` SET status = 'done' WHERE id BETWEEN %s AND %s",
-                (ids[0], ids[-1]),
-            )
-        jobs.insert("t", 2, priority=-1)  # rows of lower priority, behind those claimed
-        for _ in range(SLOW_READS_IN_A_ROW + 1):
-            jobs.insert("t")
-            before = buffer_pool_reads(jobs)
-            claim = await store.claim_jobs(want, {"t": ["default"]}, 10)
-            touched.append(buffer_pool_reads(jobs) - before)
-            taken += [(job.id, job.priority) for job in claim.accepted]
+        with jobs.purge_held_back("t", dead=30_000):
+            jobs.insert("t", 2, priority=-1)  # rows of lower priority, behind those claimed
+            for _ in range(SLOW_READS_IN_A_ROW + 1):
+                jobs.insert("t")
+                before = buffer_pool_reads(jobs)
+                claim = await store.claim_jobs(want, {"t": ["default"]}, 10)
+                touched.append(buffer_pool_reads(jobs) - before)
+                taken += [(job.id, job.priority) for job in claim.accepted]
     finally:
         await store.close()
-        holder.rollback()
-        holder.close()
     last = jobs.execute(f"SELECT MAX(id) FROM `{jobs.table}`")[0][0]
     assert taken == [(last - n, 0) for n in range(SLOW_READS_IN_A_ROW, -1, -1)]  # not -1s
     assert "t" in store.from_first_until
