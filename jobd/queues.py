@@ -17,11 +17,19 @@ from jobd.jobs import Job
 #: judged by how long its recent jobs took.  Short jobs then never wait for a claim's
 #: round trip; long jobs are never claimed ahead, so no worker hoards them.
 PREFETCH_HORIZON = 0.1
+#: ... and at most this many more rounds of the slot's concurrency.  Very short jobs are
+#: then claimed in batches of several dozen: much of what a claim costs the server is
+#: per claim, not per row (its locking read passes the entries of the rows claimed
+#: before, until purge removes them), so MariaDB's CPU and the statements a job fall
+#: as claims grow (the README's Performance section, step 6).
+ROUNDS_AHEAD = 8
 #: "About to start": of the jobs claimed ahead, those expected to start within this many
 #: seconds are claimed straight to 'running' too.  For very short jobs that saves a
 #: mark_running statement (and its commit) per job; the price is that a worker killed
-#: within that moment counts them as started (see the README, Guarantees).
-MARK_HORIZON = 0.01
+#: within that moment counts them as started (see the README, Guarantees).  It spans
+#: what ROUNDS_AHEAD holds of jobs of a few milliseconds, else the rows claimed ahead
+#: would each need a mark_running of their own after all.
+MARK_HORIZON = 0.03
 #: Recent durations below this count as this much (a job that took 0.1 ms says little).
 _MIN_DURATION = 1e-3
 
@@ -47,9 +55,9 @@ class SlotQueue:
 
     def ahead(self) -> int:
         """Jobs this slot may hold queued beyond its free places: as many as finish
-        within PREFETCH_HORIZON at the recent pace, at most four more rounds (so very
-        short jobs are claimed in batches, which saves statements per job)."""
-        return min(4 * self.concurrency, self._pace(PREFETCH_HORIZON))
+        within PREFETCH_HORIZON at the recent pace, at most ROUNDS_AHEAD more rounds (so
+        very short jobs are claimed in batches, which saves statements per job)."""
+        return min(ROUNDS_AHEAD * self.concurrency, self._pace(PREFETCH_HORIZON))
 
     def _pace(self, seconds: float) -> int:
         """Jobs this slot starts in `seconds` at the recent pace (0 while none finished)."""

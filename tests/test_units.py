@@ -131,8 +131,8 @@ def test_target_queue_reconfigure_keeps_running_and_returns_queued_of_removed_sl
 def test_slots_claim_ahead_only_jobs_that_start_soon():
     slot = SlotQueue(concurrency=4)
     assert (slot.ahead(), slot.room()) == (0, 4)  # nothing known yet: no claiming ahead
-    slot.record_duration(0.002)  # very short jobs: up to four more rounds, claimed ahead
-    assert (slot.ahead(), slot.room()) == (16, 20)
+    slot.record_duration(0.002)  # very short jobs: up to eight more rounds, claimed ahead
+    assert (slot.ahead(), slot.room()) == (32, 36)
     slot.record_duration(0.2)  # the mean moves to 0.0416 s: what starts within 0.1 s
     assert slot.ahead() == int(4 * 0.1 / (0.8 * 0.002 + 0.2 * 0.2)) == 9
     for _ in range(30):
@@ -143,16 +143,20 @@ def test_slots_claim_ahead_only_jobs_that_start_soon():
 def test_claims_take_what_starts_within_moments_straight_to_running():
     slot = SlotQueue(concurrency=4)
     assert slot.starts_soon() == 4  # nothing known yet: the free places only
-    slot.record_duration(0.001)  # 1 ms jobs: all 16 claimed ahead start within 10 ms
-    assert (slot.ahead(), slot.starts_soon()) == (16, 20)
+    slot.record_duration(0.001)  # 1 ms jobs: all 32 claimed ahead start within 30 ms
+    assert (slot.ahead(), slot.starts_soon()) == (32, 36)
     for n in range(10):
         slot.push(Job(n, "t", "default"))
-    # Ten queued start first: of the 40 that start within 10 ms, 6 more, and no free place.
-    assert (slot.free(), slot.room(), slot.starts_soon()) == (0, 10, 6)
+    # Ten queued start first: of the 32 ahead (all start within 30 ms), 22 more, and no
+    # free place.
+    assert (slot.free(), slot.room(), slot.starts_soon()) == (0, 26, 22)
     slot.drain()
     for _ in range(30):
-        slot.record_duration(0.05)  # 50 ms jobs: none ahead starts that soon
-    assert (slot.ahead(), slot.starts_soon()) == (8, 4)
+        slot.record_duration(0.05)  # 50 ms jobs: 2 of the 8 ahead start within 30 ms
+    assert (slot.ahead(), slot.starts_soon()) == (8, 6)
+    for _ in range(30):
+        slot.record_duration(0.2)  # 0.2 s jobs: none ahead starts that soon
+    assert (slot.ahead(), slot.starts_soon()) == (2, 4)
 
 
 async def test_log_lines_of_one_loop_turn_are_written_together_in_order():
