@@ -484,6 +484,13 @@ def main() -> int:
             f"round trips, p50: poll to the worker {lat['worker']['round_trip_ms']['p50']:.2f} ms,"
             f" poke to the master {lat['master']['round_trip_ms']['p50']:.2f} ms"
         )
+        slow = lat.get("idle_slowdown")
+        if slow:
+            print(
+                f"idle slowdown: the same Python steps {slow['busy_us']:.1f} us back to back,"
+                f" {slow['after_idle_us']:.1f} us after {slow['idle_ms']:g} ms idle"
+                f" (x{slow['ratio']:.1f}), as on each latency job's path"
+            )
     fan = results.get("fanout")
     if fan:
         print(

@@ -540,6 +540,37 @@ async def floor_start(
 #: own queries would otherwise compete with the claim and the spawn they time (a job
 #: starts 3 to 6 ms after its INSERT here).
 OBSERVE_AFTER = 0.01
+#: The pause after each latency job, before the next one's INSERT.
+IDLE_BETWEEN_JOBS = 0.01
+
+
+def _python_steps() -> int:
+    """A fixed piece of pure Python work (about 6 µs on this host when busy)."""
+    total = 0
+    for i in range(200):
+        total += i * i
+    return total
+
+
+def idle_slowdown(idle: float = IDLE_BETWEEN_JOBS, count: int = 300) -> dict[str, float]:
+    """How much slower the same Python steps run right after `idle` seconds of sleep (as
+    each latency job's steps do: every process on its path was idle between jobs) than
+    back to back: p50 µs of each, and their ratio.  On this host's virtual CPUs it is
+    several times, which every step of a job's start pays."""
+
+    def timed(pause: float) -> float:
+        times = []
+        for _ in range(count):
+            if pause:
+                time.sleep(pause)
+            start = time.perf_counter_ns()
+            _python_steps()
+            times.append((time.perf_counter_ns() - start) / 1000)
+        return statistics.median(times)
+
+    busy, after_idle = timed(0.0), timed(idle)
+    return {"idle_ms": idle * 1000, "busy_us": busy, "after_idle_us": after_idle,
+            "ratio": after_idle / busy}  # fmt: skip
 
 
 async def wait_row_done(conn: pymysql.connections.Connection, job_id: int, what: str) -> bytes:
@@ -612,7 +643,7 @@ async def latency_loop(
                     how = "poll to the worker" if path.startswith("worker") else "poke"
                     stdout = await wait_row_done(conn, job_id, how)
                 starts[path].append((int(stdout) - before) / 1e6)
-                await asyncio.sleep(0.01)  # the worker is idle again before the next job
+                await asyncio.sleep(IDLE_BETWEEN_JOBS)  # the worker idles before the next job
     result: dict[str, dict[str, Any]] = {
         path: {"jobs": count, "start_ms": percentiles(starts[path])} for path in starts
     }
@@ -660,6 +691,11 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
     show("insert + poll to the worker", result["worker"]["start_ms"])
     show("insert + poke to the master", result["master"]["start_ms"])
     show("the same steps with no daemon", result["floor"]["start_ms"])
+    slow = result["idle_slowdown"] = idle_slowdown()
+    print(
+        f"    the same Python steps {slow['busy_us']:.1f} us back to back,"
+        f" {slow['after_idle_us']:.1f} us after {slow['idle_ms']:g} ms idle (x{slow['ratio']:.1f})"
+    )
     if args.compare:
         other = {path: result.pop(path) for path in COMPARE_PATHS}
         commit = commit_of(Path(args.compare))
