@@ -487,9 +487,8 @@ def main() -> int:
         slow = lat.get("idle_slowdown")
         if slow:
             print(
-                f"idle slowdown: the same Python steps {slow['busy_us']:.1f} us back to back,"
-                f" {slow['after_idle_us']:.1f} us after {slow['idle_ms']:g} ms idle"
-                f" (x{slow['ratio']:.1f}), as on each latency job's path"
+                f"idle slowdown: {bench_worker.idle_slowdown_text(slow)},"
+                " as on each latency job's path"
             )
     fan = results.get("fanout")
     if fan:

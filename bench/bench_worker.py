@@ -545,7 +545,7 @@ IDLE_BETWEEN_JOBS = 0.01
 
 
 def _python_steps() -> int:
-    """A fixed piece of pure Python work (about 6 µs on this host when busy)."""
+    """A fixed piece of pure Python work (5 to 9 µs on this host when busy)."""
     total = 0
     for i in range(200):
         total += i * i
@@ -571,6 +571,14 @@ def idle_slowdown(idle: float = IDLE_BETWEEN_JOBS, count: int = 300) -> dict[str
     busy, after_idle = timed(0.0), timed(idle)
     return {"idle_ms": idle * 1000, "busy_us": busy, "after_idle_us": after_idle,
             "ratio": after_idle / busy}  # fmt: skip
+
+
+def idle_slowdown_text(slow: dict[str, float]) -> str:
+    """One line for the figures of `idle_slowdown`, in the phase's output and the summary."""
+    return (
+        f"the same Python steps {slow['busy_us']:.1f} us back to back,"
+        f" {slow['after_idle_us']:.1f} us after {slow['idle_ms']:g} ms idle (x{slow['ratio']:.1f})"
+    )
 
 
 async def wait_row_done(conn: pymysql.connections.Connection, job_id: int, what: str) -> bytes:
@@ -691,11 +699,8 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
     show("insert + poll to the worker", result["worker"]["start_ms"])
     show("insert + poke to the master", result["master"]["start_ms"])
     show("the same steps with no daemon", result["floor"]["start_ms"])
-    slow = result["idle_slowdown"] = idle_slowdown()
-    print(
-        f"    the same Python steps {slow['busy_us']:.1f} us back to back,"
-        f" {slow['after_idle_us']:.1f} us after {slow['idle_ms']:g} ms idle (x{slow['ratio']:.1f})"
-    )
+    result["idle_slowdown"] = idle_slowdown()
+    print(f"    {idle_slowdown_text(result['idle_slowdown'])}")
     if args.compare:
         other = {path: result.pop(path) for path in COMPARE_PATHS}
         commit = commit_of(Path(args.compare))
