@@ -78,6 +78,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import resource
@@ -111,6 +112,7 @@ from jobd.client import Client, call
 from jobd.config import LauncherConfig
 from jobd.jobs import Job, Outcome
 from jobd.launcher import Launcher, prepare_worker_process
+from jobd.protocol import NAMED_IDS_SINCE, version_at_least
 from jobd.storage import Queries
 
 COM_COUNTERS = (
@@ -508,29 +510,61 @@ FLOOR_UPDATE = (
     "UPDATE jobs SET worker = 'bench-floor', time_claimed = %s, status = 'running',"
     " time_started = %s, attempts = attempts + 1 WHERE id = %s; COMMIT"
 )
-#: The three ways a job is started in the latency loop, taken in turn; with --compare, the
-#: other build's worker straight and through the master as well.
-LATENCY_PATHS = ("worker", "master", "floor")
-COMPARE_PATHS = ("worker-b", "master-b")
-#: The target of each path's jobs (each worker serves one).
-LATENCY_TARGETS = {
-    "worker": "lat", "master": "lat", "floor": "floor", "worker-b": "latb", "master-b": "latb"
-}  # fmt: skip
+#: What a worker's claim of a row named by the poll sends, in one round trip.
+FLOOR_NAMED = (
+    Queries.claim_named.format(t="jobs", free="%s") + "; " + Queries.select_named.format(t="jobs")
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyPath:
+    """One way of starting a job in the latency loop."""
+
+    target: str  # of its jobs (each worker serves one target)
+    via: str | None  # "worker": poll straight to it, "master": poke; None: no daemon (floor)
+    named: bool  # the poll or poke names the job's id, as jobd's own client does
+
+
+#: The ways a job is started in the latency loop, taken in turn; with --compare, the other
+#: build's worker straight and through the master as well (naming the job when that build
+#: takes ids).  "-t": by target only, as a client that knows no ids (the seed's) pokes.
+LATENCY_PATHS = {
+    "worker": LatencyPath("lat", "worker", True),
+    "master": LatencyPath("lat", "master", True),
+    "floor": LatencyPath("floor", None, True),
+    "worker-t": LatencyPath("lat", "worker", False),
+    "master-t": LatencyPath("lat", "master", False),
+    "floor-t": LatencyPath("floor", None, False),
+}
+COMPARE_PATHS = {
+    "worker-b": LatencyPath("latb", "worker", True),
+    "master-b": LatencyPath("latb", "master", True),
+}
 
 
 async def floor_start(
-    cur: pymysql.cursors.Cursor, spawn: Callable[[list[str]], Awaitable[bytes]]
+    cur: pymysql.cursors.Cursor,
+    spawn: Callable[[list[str]], Awaitable[bytes]],
+    job_id: int,
+    named: bool,
 ) -> bytes:
     """The floor: a worker's steps with no daemon in the way.  This process itself runs
-    the claim's two round trips (the statements of a worker's claim) on the row it has
-    just inserted, then /bin/date through jobd's launcher.  Returns what date printed."""
+    the statements of a worker's claim on the row it has just inserted (`named`: the one
+    round trip of a claim by id; else the two of a claim by target), then /bin/date
+    through jobd's launcher.  Returns what date printed."""
     now = int(time.time())
-    cur.execute(FLOOR_SELECT, ("floor", now, 8))
-    cur.nextset()
-    ((job_id, *_),) = cur.fetchall()
-    cur.execute(FLOOR_UPDATE, (now, now, job_id))
-    while cur.nextset():
-        pass
+    if named:
+        cur.execute(FLOOR_NAMED, ("bench-floor", now, now, job_id, "floor", now, "default", job_id))
+        cur.nextset()
+        if len(cur.fetchall()) != 1:
+            raise RuntimeError(f"the floor's claim by id did not take job {job_id}")
+    else:
+        cur.execute(FLOOR_SELECT, ("floor", now, 8))
+        cur.nextset()
+        ((job_id, *_),) = cur.fetchall()
+        cur.execute(FLOOR_UPDATE, (now, now, job_id))
+        while cur.nextset():
+            pass
     stdout = await spawn(["/bin/date", "+%s%N"])
     cur.execute("UPDATE jobs SET status = 'done', result = 'ok' WHERE id = %s", (job_id,))
     return stdout
@@ -599,27 +633,33 @@ async def wait_row_done(conn: pymysql.connections.Connection, job_id: int, what:
 
 
 async def latency_loop(
-    scratch: Scratch, workers: dict[str, str], master: str, count: int
+    scratch: Scratch, workers: dict[str, str], master: str, count: int, compare_named: bool
 ) -> dict[str, dict[str, Any]]:
-    """`workers`: the address of the worker of each target (lat, and latb with --compare)."""
+    """`workers`: the address of the worker of each target (lat, and latb with --compare);
+    `compare_named`: the other build's worker takes ids."""
     conn = scratch.conn
     assert conn is not None
+    paths = dict(LATENCY_PATHS)
     # With --compare, the two builds swap places every other round, so that each follows
     # the floor (and the other build) as often: the step before a job moves its start.
-    rounds = [LATENCY_PATHS]
+    rounds = [list(LATENCY_PATHS)]
     if "latb" in workers:
-        rounds = [
-            ("worker", "master", "floor", "worker-b", "master-b"),
-            ("worker-b", "master-b", "floor", "worker", "master"),
-        ]
-    order = [path for n in range(count) for path in rounds[n % len(rounds)]]
-    paths = rounds[0]
-    starts: dict[str, list[float]] = {path: [] for path in paths}
-    trips: dict[str, list[float]] = {path: [] for path in paths if path != "floor"}
+        paths |= {
+            name: dataclasses.replace(path, named=path.named and compare_named)
+            for name, path in COMPARE_PATHS.items()
+        }
+        ours, theirs = ["worker", "master"], list(COMPARE_PATHS)
+        rest = [name for name in LATENCY_PATHS if name not in ours]
+        rounds = [ours + rest + theirs, theirs + rest + ours]
+    order = [name for n in range(count) for name in rounds[n % len(rounds)]]
+    starts: dict[str, list[float]] = {name: [] for name in paths}
+    trips = {name: [] for name, path in paths.items() if path.via}
+    statements = {name: [] for name, path in paths.items() if path.via}
     spawn = jobd_spawner()
     # The floor's claims go over a connection like the worker's: multi-statements, READ
     # COMMITTED.
     floor_conn = connect(scratch.server, scratch.database, multi_statements=True)
+    counted = user_counters(conn, scratch.user) if scratch.userstat else None
     async with contextlib.AsyncExitStack() as stack:
         direct = {
             target: await stack.enter_async_context(Client(address, timeout=10))
@@ -628,35 +668,51 @@ async def latency_loop(
         via = await stack.enter_async_context(Client(master, timeout=10))
         with floor_conn, floor_conn.cursor() as floor_cur:
             floor_cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            for path in order:
-                target = LATENCY_TARGETS[path]
+            for name in order:
+                path = paths[name]
                 before = time.time_ns()
                 with conn.cursor() as cur:
                     cur.execute(
                         "INSERT INTO jobs (target, time_created) VALUES (%s, UNIX_TIMESTAMP())",
-                        (target,),
+                        (path.target,),
                     )
                     job_id = cur.lastrowid
                 sent = time.perf_counter()
-                if path == "floor":
-                    stdout = await floor_start(floor_cur, spawn)
+                data: dict[str, Any] = {"targets": [path.target]}
+                if path.named:
+                    data["ids"] = [job_id]
+                if path.via is None:
+                    stdout = await floor_start(floor_cur, spawn, job_id, path.named)
                 else:
-                    if path.startswith("worker"):
-                        await direct[target].request("poll", {"targets": [target]})
+                    if path.via == "worker":
+                        await direct[path.target].request("poll", data)
                     else:
-                        reply = await via.request("poke", {"targets": [target]})
-                        if reply["workers"] != [f"bench-{target}"]:
+                        reply = await via.request("poke", data)
+                        if reply["workers"] != [f"bench-{path.target}"]:
                             raise RuntimeError(f"the master did not poll the worker: {reply}")
-                    trips[path].append((time.perf_counter() - sent) * 1000)
-                    how = "poll to the worker" if path.startswith("worker") else "poke"
+                    trips[name].append((time.perf_counter() - sent) * 1000)
+                    how = "poll to the worker" if path.via == "worker" else "poke"
                     stdout = await wait_row_done(conn, job_id, how)
-                starts[path].append((int(stdout) - before) / 1e6)
+                starts[name].append((int(stdout) - before) / 1e6)
+                if counted is not None:
+                    # The worker's statements since the last job's: this job's, all of
+                    # them written by now (its outcome's UPDATE made the row done).
+                    now_counted = user_counters(conn, scratch.user)
+                    assert now_counted is not None
+                    if path.via:
+                        statements[name].append(
+                            sum(now_counted[k] - counted[k] for k in USER_COUNTERS)
+                        )
+                    counted = now_counted
                 await asyncio.sleep(IDLE_BETWEEN_JOBS)  # the worker idles before the next job
     result: dict[str, dict[str, Any]] = {
-        path: {"jobs": count, "start_ms": percentiles(starts[path])} for path in starts
+        name: {"jobs": count, "named": path.named, "start_ms": percentiles(starts[name])}
+        for name, path in paths.items()
     }
-    for path, values in trips.items():
-        result[path]["round_trip_ms"] = percentiles(values)
+    for name, values in trips.items():
+        result[name]["round_trip_ms"] = percentiles(values)
+        if statements[name]:
+            result[name]["worker_sql_per_job"] = statistics.mean(statements[name])
     return result
 
 
@@ -680,25 +736,26 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
         }
         with running(list(workers.values())):
             wait_registered(master, {w.name for w in workers.values()})
-            assert scratch.conn is not None
-            before = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
             addresses = {target: w.address for target, w in workers.items()}
-            result: dict[str, Any] = asyncio.run(
-                latency_loop(scratch, addresses, master.address, args.latency_jobs)
+            compare_named = "latb" in workers and version_at_least(
+                call(workers["latb"].address, "ping", timeout=5)["version"], NAMED_IDS_SINCE
             )
-            after = user_counters(scratch.conn, scratch.user) if scratch.userstat else None
-    if before is not None and after is not None:
-        # The workers' statements for their jobs of the loop, one at a time: each a claim
-        # of its own and an outcome written alone (the floor's statements are not theirs).
-        jobs = 2 * len(workers) * args.latency_jobs
-        result["worker_sql_per_job"] = sum(after[k] - before[k] for k in USER_COUNTERS) / jobs
+            result: dict[str, Any] = asyncio.run(
+                latency_loop(scratch, addresses, master.address, args.latency_jobs, compare_named)
+            )
 
-    def show(what: str, ms: dict[str, float]) -> None:
-        print(f"    {what} -> start: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms")
+    def show(what: str, figures: dict[str, Any]) -> None:
+        ms = figures["start_ms"]
+        sql = figures.get("worker_sql_per_job")
+        statements = "" if sql is None else f", {sql:.2f} SQL statements a job"
+        print(f"    {what} -> start: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms{statements}")
 
-    show("insert + poll to the worker", result["worker"]["start_ms"])
-    show("insert + poke to the master", result["master"]["start_ms"])
-    show("the same steps with no daemon", result["floor"]["start_ms"])
+    show("insert + poll naming the job to the worker", result["worker"])
+    show("insert + poke naming the job to the master", result["master"])
+    show("the same steps with no daemon (claim by id)", result["floor"])
+    show("insert + poll by target to the worker", result["worker-t"])
+    show("insert + poke by target to the master", result["master-t"])
+    show("the same steps with no daemon (claim by target)", result["floor-t"])
     result["idle_slowdown"] = idle_slowdown()
     print(f"    {idle_slowdown_text(result['idle_slowdown'])}")
     if args.compare:
@@ -706,8 +763,9 @@ def latency(scratch: Scratch, workdir: Path, args: argparse.Namespace) -> dict[s
         commit = commit_of(Path(args.compare))
         result["compare"] = {"code": str(args.compare), "commit": commit, **other}
         print(f"    the build of --compare ({commit or args.compare}), in turn with those:")
-        show("  insert + poll to its worker", other["worker-b"]["start_ms"])
-        show("  insert + poke to the master", other["master-b"]["start_ms"])
+        how = "naming the job" if compare_named else "by target (it takes no ids)"
+        show(f"  insert + poll {how} to its worker", other["worker-b"])
+        show(f"  insert + poke {how} to the master", other["master-b"])
     return result
 
 

@@ -136,8 +136,16 @@ def worker_status(reply: Mapping[str, Any]) -> str:
         "rss": mib(reply["rss"]),
         "running jobs": " ".join(map(str, reply.get("running", []))) or "none",
         "pending writes": reply.get("pending_writes", 0),
+        "jobs claimed": claimed(reply.get("claimed")),
     })  # fmt: skip
     return lines(head, worker_targets(reply))
+
+
+def claimed(counts: Mapping[str, int] | None) -> str:
+    """The worker's jobs claimed so far, by target and by id (a poke that named them)."""
+    if counts is None:
+        return "-"  # a worker older than jobd 0.2
+    return f"{counts['by_target']} by target, {counts['named']} named by a poke"
 
 
 def worker_targets(reply: Mapping[str, Any]) -> str:

@@ -1,3 +1,3 @@
 """jobd: a job queue daemon that runs jobs from a MySQL/MariaDB table."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -35,7 +35,7 @@ from jobd.catalog import FINISHED, STATUSES, JobCatalog, TargetStats, outcome
 from jobd.config import URL_PATTERN, DatabaseURL
 from jobd.cron import Rule
 from jobd.events import Subscription
-from jobd.protocol import MASTER_REQUESTS, WORKER_REQUESTS, RequestError
+from jobd.protocol import MASTER_REQUESTS, WORKER_REQUESTS, ErrorCode, RequestError
 from jobd.rpc import NoAnswer
 from jobd.schedules import Schedule, ScheduleStore
 from jobd.waiting import JobNotFound, Outcome, WaitTimeout, wait_for_jobs
@@ -194,7 +194,7 @@ class AsyncJobd:
         if not manual:
             # A delayed job is poked too: the worker then sets its timer for it.
             try:
-                await self.poke([target])
+                await self.poke([target], [job_id])
             except (NoAnswer, RequestError) as exc:
                 log.warning(
                     "job %d added; the poke failed (%s): workers find it at their next poll",
@@ -202,11 +202,21 @@ class AsyncJobd:
                 )  # fmt: skip
         return job_id
 
-    async def poke(self, targets: Sequence[str] | None = None) -> Any:
+    async def poke(self, targets: Sequence[str] | None = None, ids: Sequence[int] = ()) -> Any:
         """Have the workers serving `targets` (all when None) poll: `poke` through the
-        master, `poll` to the worker.  Returns the daemon's reply."""
-        data = {"targets": list(targets) if targets else None}
-        return await self.request("poll" if self.worker else "poke", data)
+        master, `poll` to the worker.  `ids`: rows just added to those targets, which an
+        idle worker then claims by id (the fastest start).  Returns the daemon's reply."""
+        type_ = "poll" if self.worker else "poke"
+        data: dict[str, Any] = {"targets": list(targets) if targets else None}
+        if not ids:
+            return await self.request(type_, data)
+        try:
+            return await self.request(type_, {**data, "ids": list(ids)})
+        except RequestError as exc:
+            if exc.code != ErrorCode.BAD_REQUEST:
+                raise
+            # A daemon older than jobd 0.2 refuses `ids`: the same poke without them.
+            return await self.request(type_, data)
 
     async def job(self, job_id: int) -> dict[str, Any] | None:
         """Every column of the row, or None."""
@@ -388,7 +398,7 @@ class AsyncJobd:
         job_id = await store.create_job(schedule, int(time.time()))
         if job_id is not None:
             try:
-                await self.poke([schedule.target])
+                await self.poke([schedule.target], [job_id])
             except (NoAnswer, RequestError) as exc:
                 log.warning("job %d added; the poke failed: %s", job_id, exc)
         return job_id
@@ -439,8 +449,8 @@ class Jobd:
         )  # fmt: skip
         return self._run(submitted)
 
-    def poke(self, targets: Sequence[str] | None = None) -> Any:
-        return self._run(self.jobd.poke(targets))
+    def poke(self, targets: Sequence[str] | None = None, ids: Sequence[int] = ()) -> Any:
+        return self._run(self.jobd.poke(targets, ids))
 
     def job(self, job_id: int) -> dict[str, Any] | None:
         return self._run(self.jobd.job(job_id))

@@ -41,6 +41,9 @@ MAX_IDS = 10_000
 MAX_CONCURRENCY = 10_000
 #: Most job events in one job-events message (a worker splits bigger batches).
 MAX_EVENTS = 1000
+#: The first jobd version whose workers take `ids` in a poll (older ones refuse the field,
+#: so the master names rows only to workers that registered with this version or newer).
+NAMED_IDS_SINCE = (0, 2)
 #: Kinds of job events a worker reports (see Worker._emit).
 EVENT_KINDS = ("started", "finished", "retry")
 
@@ -349,16 +352,31 @@ class RequestType:
         return clean
 
 
+def version_at_least(version: str, since: tuple[int, ...]) -> bool:
+    """Whether a dotted version ("0.2.0", as a worker registers it) is `since` or newer;
+    one that does not read as numbers counts as older."""
+    try:
+        return tuple(int(part) for part in version.split(".")[: len(since)]) >= since
+    except ValueError:
+        return False
+
+
 def _table(*types: RequestType) -> dict[str, RequestType]:
     return {t.name: t for t in types}
 
 
 _targets = Field(check_names)  # absent or empty: every target
+# The ids of rows a client has just added to the poked targets (absent: none named): a
+# hint, which a worker with a free place for each takes to claim them by id (see the
+# README, "Pokes that name their jobs").
+_named_ids = Field(check_job_ids, default=())
 
 WORKER_REQUESTS: dict[str, RequestType] = _table(
     RequestType("ping", doc="Liveness check; replies with name and version."),
     RequestType(
-        "poll", {"targets": _targets}, "Claim waiting jobs of these targets (all if none)."
+        "poll",
+        {"targets": _targets, "ids": _named_ids},
+        "Claim waiting jobs of these targets (all if none); `ids`: rows just added to them.",
     ),
     RequestType("pause", {"targets": _targets}, "Stop starting new jobs of these targets."),
     RequestType("continue", {"targets": _targets}, "Resume paused targets."),
@@ -412,7 +430,11 @@ MASTER_REQUESTS: dict[str, RequestType] = _table(
         {"name": Field(check_worker_name, True)},
         "Sent by a stopping worker over the connection it registered on.",
     ),
-    RequestType("poke", {"targets": _targets}, "Tell the workers serving these targets to poll."),
+    RequestType(
+        "poke",
+        {"targets": _targets, "ids": _named_ids},
+        "Tell the workers serving these targets to poll; `ids`: rows just added to them.",
+    ),
     RequestType("pause", {"targets": _targets}, "Pause these targets on their workers."),
     RequestType("continue", {"targets": _targets}, "Continue these targets on their workers."),
     RequestType(

@@ -134,6 +134,12 @@ class TargetQueue:
     def room(self) -> dict[str, int]:
         return {name: slot.room() for name, slot in self.slots.items()}
 
+    def slots_free_for(self, count: int) -> list[str]:
+        """The slots where `count` jobs could all start right now (none while paused)."""
+        if self.paused:
+            return []
+        return [name for name, slot in self.slots.items() if slot.free() >= count]
+
     def queued_count(self) -> int:
         return sum(len(slot.queued) for slot in self.slots.values())
 

@@ -3,6 +3,7 @@ over one named query of `Queries`.
 
     waiting --claim_jobs--> accepted --mark_running--> running --record_outcomes--> done
     waiting --claim_jobs (a slot with a free place)---> running
+    waiting --claim_named (named by a poll, a slot with a free place)--> running
                                                         running --record_outcomes--> waiting
                                                                   (a retry, with run_at)
     waiting --claim_jobs (slot not served)--> ignored
@@ -95,6 +96,16 @@ class Queries:
         " attempts = attempts + IF(id IN ({run}), 1, 0)"
         " WHERE id IN ({ids})"
     )
+    # A row a poll names (its client has just added it), by its primary key: no locking
+    # read over claim_idx and one round trip, with the SELECT right behind it.  Autocommit:
+    # the guard `status = 'waiting'` lets one worker alone take it, and ROW_COUNT() (of
+    # the UPDATE before it) makes the SELECT return the row only to the worker that did.
+    claim_named = (
+        "UPDATE {t} SET worker = %s, time_claimed = %s, status = 'running', time_started = %s,"
+        " attempts = attempts + 1 WHERE id = %s AND status = 'waiting' AND target = %s"
+        " AND (run_at IS NULL OR run_at <= %s) AND COALESCE(slot, 'default') IN ({free})"
+    )
+    select_named = claimable_columns + " FROM {t} WHERE id = %s AND ROW_COUNT() = 1"
     ignore = (
         "UPDATE {t} SET status = 'ignored', worker = %s, time_finished = %s,"
         " stderr = CONCAT('jobd: worker ', %s, ' has no slot ''', COALESCE(slot, 'default'),"
@@ -252,6 +263,15 @@ def _batches(done: list[tuple[int, Outcome]]) -> list[list[tuple[int, Outcome]]]
     return batches
 
 
+def _claimed_job(target: str, row: Sequence[Any]) -> Job:
+    """The job of a row read with Queries.claimable_columns."""
+    job_id, slot, priority, attempts, data, callback_url, schedule_id = row
+    return Job(
+        job_id, target, slot, priority, attempts=attempts, data=data,
+        callback_url=callback_url, schedule_id=schedule_id,
+    )  # fmt: skip
+
+
 def _take(
     claim: Claim,
     target: str,
@@ -267,16 +287,14 @@ def _take(
     start = {slot: w.start for slot, w in slots.items()}
     if full:
         claim.full.add(target)
-    for job_id, slot, priority, attempts, data, callback_url, schedule_id in rows:
+    for row in rows:
+        slot = row[1]
         if slot not in room:
-            claim.ignored.append(job_id)
+            claim.ignored.append(row[0])
         elif room[slot] > 0 and want > 0:
             room[slot] -= 1
             want -= 1
-            job = Job(
-                job_id, target, slot, priority, attempts=attempts, data=data,
-                callback_url=callback_url, schedule_id=schedule_id,
-            )  # fmt: skip
+            job = _claimed_job(target, row)
             if start[slot] > 0:
                 start[slot] -= 1
                 job.marked_running = True
@@ -408,6 +426,31 @@ class JobStore(Database):
                     row = await cur.fetchone()
                     claim.next_due = None if row is None or row[0] is None else int(row[0])
         return claim
+
+    async def claim_named(self, target: str, ids: Sequence[int], free: Sequence[str]) -> list[Job]:
+        """waiting -> running for rows of `target` that a poll named, each by its id, when
+        due and of a slot in `free` (each row then starts at once): the fast path of a job
+        submitted alone.  One round trip, an UPDATE and a SELECT a row.  Returns the jobs
+        this worker took; the others are left to claim_jobs (not waiting any more, not
+        due, another slot, or taken by another worker)."""
+        now = int(time.time())
+        update = self._sql(Queries.claim_named, free=len(free))
+        select = self._sql(Queries.select_named)
+        params: list[Any] = []
+        for job_id in ids:
+            params += [self.worker, now, now, job_id, target, now, *free, job_id]
+        jobs = []
+        async with self._cursor() as cur:
+            await cur.execute("; ".join([f"{update}; {select}"] * len(ids)), params)
+            for n in range(len(ids)):
+                if n > 0:
+                    await cur.nextset()
+                await cur.nextset()  # from the UPDATE's result to the SELECT's
+                for row in await cur.fetchall():
+                    job = _claimed_job(target, row)  # attempts: this start counted
+                    job.marked_running = True
+                    jobs.append(job)
+        return jobs
 
     def _count_slow_read(self, target: str, took: float) -> None:
         """Count a target's slow locking reads in a row; start from the first row after

@@ -47,6 +47,9 @@ RETRY_MIN, RETRY_MAX = 0.2, 5.0
 WRITE_COALESCE = 0.01
 #: Characters of output, all jobs and both streams together, in a run-manual reply.
 REPLY_OUTPUT_BUDGET = 192 * 1024  # at most 768 KiB of UTF-8
+#: Most rows a poll may name for claim_named; a poll naming more claims as usual (rows in
+#: such numbers are a batch, which claim_jobs takes best first in one go).
+MAX_NAMED_CLAIM = 8
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
 RESTART_KEYS = (
     "name", "listen", "master", "database", "table", "curve", "allow_insecure", "scheduler",
@@ -117,6 +120,8 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._loops: dict[str, asyncio.Task[None]] = {}
+        #: Jobs claimed so far: by target (claim_jobs) and by id (claim_named), for status.
+        self.claimed = {"by_target": 0, "named": 0}
         # Coroutine functions, but for the plain ones answered as they are read.
         self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.handle_ping,
@@ -361,6 +366,7 @@ class Worker:
 
             known = {t: self.targets[t].slots.keys() for t in wants}
             claim = await self.store.claim_jobs(wants, known, limit, committed)
+            self.claimed["by_target"] += len(claim.accepted)
         except StorageError as exc:
             self._claim_failed = True
             log.warning("claim failed, retrying: %s", exc)
@@ -376,6 +382,52 @@ class Worker:
         if claim.next_due is not None:
             self._arm_due_timer(claim.next_due)
         return True
+
+    def _named_slots(self, target: str, ids: list[int]) -> list[str]:
+        """The slots in which the rows a poll named may be claimed by id
+        (JobStore.claim_named): those with a free place for each of them, when claiming
+        them ahead of the usual way cannot pass over anything.  None (the usual claim
+        then) while this worker knows of rows that may wait for the target (it is wanted:
+        there priorities decide), after a failed claim, or when the worker holds one of
+        the ids already."""
+        queue = self.targets.get(target)
+        if (
+            queue is None
+            or len(ids) > MAX_NAMED_CLAIM
+            or self.stopping
+            or target in self.wanted
+            or self._claim_failed
+            or not self._held_ids().isdisjoint(ids)
+        ):
+            return []
+        return queue.slots_free_for(len(ids))
+
+    def _claim_named(self, target: str, ids: list[int]) -> bool:
+        """Claim the rows a poll named by their ids (the fast path of a job submitted
+        alone: one round trip, no locking read); False when the poll must claim as usual,
+        as it must while a claim is under way (the target may be wanted once it is done)."""
+        if self._claim_lock.locked() or not self._named_slots(target, ids):
+            return False
+        self._spawn(self._claim_named_now(target, ids))
+        return True
+
+    async def _claim_named_now(self, target: str, ids: list[int]) -> None:
+        jobs: list[Job] = []
+        orphans: list[Job] = []
+        async with self._claim_lock:
+            free = self._named_slots(target, ids)  # again: a claim may have come first
+            if free:
+                try:
+                    jobs = await self.store.claim_named(target, ids, free)
+                    self.claimed["named"] += len(jobs)
+                except StorageError as exc:
+                    self._claim_failed = True  # the usual claim gives back what it took
+                    log.warning("claim of jobs %s failed: %s", ids, exc)
+                orphans = self._queue(jobs)
+                self._start_ready()
+        if len(jobs) < len(ids):
+            self.poll([target])  # not all taken here: the usual claim looks
+        await self._release(orphans)
 
     def _arm_due_timer(self, due: int) -> None:
         """Delayed jobs (run_at) and retries start on time without polling tightly: after a
@@ -654,9 +706,10 @@ class Worker:
 
     def handle_poll(self, data: dict[str, Any]) -> Any:
         # Answered as it is read (a plain handler: rpc.Dispatcher.start); the claim
-        # loop sends its query in the next turn of the event loop.
+        # sends its query in the next turn of the event loop.
         targets = self._served(data["targets"])
-        self.poll(targets)
+        if not (len(targets) == 1 and data["ids"] and self._claim_named(targets[0], data["ids"])):
+            self.poll(targets)
         return {"targets": targets}
 
     async def handle_pause(self, data: dict[str, Any]) -> Any:
@@ -687,6 +740,9 @@ class Worker:
             },
             "running": sorted(self.running),
             "pending_writes": self._outcomes.qsize(),
+            "claimed": dict(self.claimed),
+            # Targets whose rows may wait for this worker: polled, not yet found dry.
+            "wanted": sorted(self.wanted),
         }
 
     def _manual_refusal(self, row: ManualRow) -> str | None:

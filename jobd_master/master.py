@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from jobd import __version__
@@ -157,13 +157,16 @@ class Master:
         self.registry.add(worker)
         self.gone[worker.name] = asyncio.Event()
 
-        def poll(targets: list[str]) -> asyncio.Future[Any]:
+        def poll(targets: list[str], ids: Sequence[int]) -> asyncio.Future[Any]:
             # Handed to the socket before this returns: PollFlow counts it sent from here.
             # Targets the worker dropped since the poke are left out: it would refuse them.
             assert self.endpoint is not None
             served = [t for t in targets if t in worker.targets] or targets
+            data: dict[str, Any] = {"targets": served}
+            if ids and worker.takes_named_polls():
+                data["ids"] = list(ids)
             return self.endpoint.send_request(
-                "poll", {"targets": served}, envelope=worker.envelope, timeout=POLL_TIMEOUT
+                "poll", data, envelope=worker.envelope, timeout=POLL_TIMEOUT
             )
 
         self.polls[worker.name] = PollFlow(worker.name, poll, self._poll_failed)
@@ -283,23 +286,26 @@ class Master:
 
     # --- handlers: clients --------------------------------------------------------
 
-    def poke(self, targets: list[str] | None) -> tuple[dict[str, asyncio.Future[bool]], list[str]]:
-        """Have the workers serving these targets (every target when None) poll; targets
-        that no live worker serves are remembered.  Returns, per worker, a future that
-        says when its poll went out, and the targets nobody serves.  Used by poke
-        requests and by the scheduler."""
+    def poke(
+        self, targets: list[str] | None, ids: Sequence[int] = ()
+    ) -> tuple[dict[str, asyncio.Future[bool]], list[str]]:
+        """Have the workers serving these targets (every target when None) poll, naming
+        the rows `ids` that were just added to them; targets that no live worker serves
+        are remembered.  Returns, per worker, a future that says when its poll went out,
+        and the targets nobody serves.  Used by poke requests and by the scheduler."""
         if targets:
             by_worker, unserved = self.registry.split(targets)
             self._remember(unserved)
         else:  # every target of every worker
             by_worker = {w.name: list(w.targets) for w in self.registry if w.targets}
             unserved = []
-        return {name: self.polls[name].poll(ts) for name, ts in by_worker.items()}, unserved
+        polls = {name: self.polls[name].poll(ts, ids) for name, ts in by_worker.items()}
+        return polls, unserved
 
     def handle_poke(self, data: dict[str, Any]) -> Any:
         """A plain handler (answered as read, see rpc.Dispatcher.start): most polls go out
         at once, and then so does the reply, with no task and no turn of the event loop."""
-        sent, unserved = self.poke(data["targets"])
+        sent, unserved = self.poke(data["targets"], data["ids"])
         waiting = [f for f in sent.values() if not f.done()]
         if waiting:
             return self._poke_reply_once_sent(sent, unserved, waiting)

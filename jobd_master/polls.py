@@ -8,13 +8,17 @@ a timer: there is no fixed delay anywhere.
 
 A poke's reply is due once a poll carrying its targets has been handed to the socket
 (not when the worker answered it, and not when the jobs ran).
+
+The ids of rows a poke names go with a poll sent at once, for the worker to claim them
+by id; a poll that gathers pokes names none (it catches up with a burst, which the
+worker's usual claim takes best first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from jobd.protocol import RequestError
@@ -22,9 +26,10 @@ from jobd.rpc import NoAnswer
 
 log = logging.getLogger("jobd_master.polls")
 
-#: Hands one poll of these targets to the socket at once and returns the future of the
-#: worker's reply (failing with NoAnswer or RequestError); raises NoAnswer if it cannot.
-PollRequest = Callable[[list[str]], "asyncio.Future[Any]"]
+#: Hands one poll of these targets (naming these rows) to the socket at once and returns
+#: the future of the worker's reply (failing with NoAnswer or RequestError); raises
+#: NoAnswer if it cannot.
+PollRequest = Callable[[list[str], Sequence[int]], "asyncio.Future[Any]"]
 #: Told about a poll that failed, with its targets.
 PollFailed = Callable[[list[str], Exception], None]
 
@@ -45,9 +50,10 @@ class PollFlow:
         #: Polls sent so far (shown in the master's status).
         self.sent = 0
 
-    def poll(self, targets: Iterable[str]) -> asyncio.Future[bool]:
+    def poll(self, targets: Iterable[str], ids: Sequence[int] = ()) -> asyncio.Future[bool]:
         """Have these targets polled; the future says when the poll carrying them was sent.
-        With no poll in flight it goes out now, before this returns; never once closed."""
+        With no poll in flight it goes out now, before this returns, naming `ids`; never
+        once closed."""
         if self._closed:
             never = asyncio.get_running_loop().create_future()
             never.set_result(False)
@@ -57,16 +63,16 @@ class PollFlow:
             self._next_sent = asyncio.get_running_loop().create_future()
         sent = self._next_sent
         if self._in_flight is None:
-            self._send()
+            self._send(ids)
         return sent
 
-    def _send(self) -> None:
+    def _send(self, ids: Sequence[int] = ()) -> None:
         """Hand the pending targets to the socket in one poll."""
         targets = sorted(self.pending)
         self.pending.clear()
         sent, self._next_sent = self._next_sent, None
         try:
-            reply = self._request(targets)
+            reply = self._request(targets, ids)
         except NoAnswer as exc:
             _resolve(sent, False)
             self._failed(targets, exc)

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobd.protocol import NAMED_IDS_SINCE, version_at_least
+
 #: A ROUTER envelope: the routing id frames that lead back to one worker connection.
 Envelope = tuple[bytes, ...]
 
@@ -36,6 +38,10 @@ class WorkerEntry:
 
     def serves(self, target: str) -> bool:
         return target in self.targets
+
+    def takes_named_polls(self) -> bool:
+        """Whether a poll may name rows (`ids`): older workers refuse the field."""
+        return version_at_least(self.version, NAMED_IDS_SINCE)
 
     def seen(self) -> None:
         self.last_seen = time.time()

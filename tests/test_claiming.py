@@ -241,3 +241,93 @@ def test_status_reports_the_worker(jobs, start_worker):
             },
         },
     }
+
+
+# --- polls that name their jobs (JobStore.claim_named) ------------------------------
+
+
+def claimed(worker) -> dict[str, int]:
+    return worker.request("status")["claimed"]
+
+
+def wait_idle(*workers) -> None:
+    """Until no target of these workers is wanted (their claims found every target dry):
+    a poll naming its jobs then takes them by id."""
+    for worker in workers:
+        wait_for(lambda w=worker: not w.request("status")["wanted"], what="the claims done")
+
+
+def test_a_poll_naming_its_job_claims_it_by_id(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sh -c 'echo {id}'")
+    wait_idle(worker)
+    (job_id,) = jobs.insert("t")
+    worker.request("poll", {"targets": ["t"], "ids": [job_id]})
+    (row,) = jobs.wait_done([job_id])
+    assert (row["status"], row["result"], row["attempts"]) == ("done", "ok", 1)
+    assert (row["worker"], row["stdout"]) == ("w0", f"{job_id}\n")
+    assert row["time_claimed"] > 0 and row["time_started"] > 0
+    assert claimed(worker) == {"by_target": 0, "named": 1}
+
+
+def test_named_rows_not_to_be_taken_by_id_are_claimed_as_usual(jobs, start_worker):
+    worker = start_worker({"t": 1, "u": 1})
+    wait_idle(worker)
+    # Another target's row named in a poll of t: not taken (u was not polled).
+    (other,) = jobs.insert("u")
+    (mine,) = jobs.insert("t")
+    worker.request("poll", {"targets": ["t"], "ids": [other]})
+    jobs.wait_done([mine])  # the usual claim of t took it
+    assert jobs.row(other)["status"] == "waiting"
+    assert claimed(worker) == {"by_target": 1, "named": 0}
+    # A delayed row: not before its time, and then by the worker's timer for it.
+    wait_idle(worker)
+    (delayed,) = jobs.insert("t", run_at=int(time.time()) + 2)
+    worker.request("poll", {"targets": ["t"], "ids": [delayed]})
+    (row,) = jobs.wait_done([delayed], timeout=10)
+    assert row["time_started"] >= row["run_at"] and row["result"] == "ok"
+    # An id that is no row at all changes nothing.
+    worker.request("poll", {"targets": ["t"], "ids": [4_000_000_000]})
+    worker.request("poll", {"targets": ["u"]})
+    jobs.wait_done([other])
+    assert claimed(worker) == {"by_target": 3, "named": 0}
+
+
+def test_a_named_poll_does_not_pass_rows_waiting_for_a_free_place(jobs, start_worker, tmp_path):
+    log = tmp_path / "record"
+    worker = start_worker({"t": 1}, launcher=recorder(log, 0.4))
+    wait_idle(worker)
+    (first,) = jobs.insert("t")
+    worker.request("poll", {"targets": ["t"]})
+    wait_for(lambda: jobs.row(first)["status"] == "running")
+    (low,) = jobs.insert("t")  # waits for the slot's one place
+    worker.request("poll", {"targets": ["t"]})
+    (high,) = jobs.insert("t", priority=5)
+    worker.request("poll", {"targets": ["t"], "ids": [high]})
+    jobs.wait_done([first, low, high], timeout=20)
+    starts = [job_id for kind, _, _, job_id, _ in read_record(log) if kind == "start"]
+    assert starts == [first, high, low]  # by priority, as ever with a backlog
+    assert claimed(worker)["named"] == 0
+
+
+def test_workers_poked_with_the_same_job_by_id_run_it_once(
+    jobs, start_master, start_worker, tmp_path
+):
+    log = tmp_path / "ran"
+    master = start_master()
+    command = f"sh -c 'echo {{id}} >> {log}'"
+    workers = [start_worker({"t": 2}, command=command, master=master.address) for _ in range(2)]
+    wait_for(lambda: len(master.request("status")["workers"]) == 2, what="both registered")
+    ids = []
+    for _ in range(15):
+        wait_idle(*workers)
+        (job_id,) = jobs.insert("t")
+        reply = master.request("poke", {"targets": ["t"], "ids": [job_id]})
+        assert sorted(reply["workers"]) == ["w0", "w1"]
+        jobs.wait_done([job_id])
+        ids.append(job_id)
+    assert sorted(int(line) for line in log.read_text().split()) == ids  # once each
+    counts = [claimed(w) for w in workers]
+    # Both raced for each row by id (the master relayed the ids), one took it.
+    assert sum(c["named"] for c in counts) == 15
+    assert sum(c["by_target"] for c in counts) == 0
+    assert all(r["attempts"] == 1 and r["result"] == "ok" for r in jobs.rows())

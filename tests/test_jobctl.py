@@ -141,7 +141,7 @@ def test_worker_commands_in_both_output_modes(jobs, cluster):
     master, w0, _ = cluster
     w = ["--worker", w0.address]
 
-    assert jobctl(*w, "ping").stdout == "w0 0.1.0 answers\n"
+    assert jobctl(*w, "ping").stdout == "w0 0.2.0 answers\n"
     out = jobctl(*w, "status").stdout
     assert "worker:         w0" in out
     assert table_rows(out)[1:] == [
@@ -232,7 +232,7 @@ def test_config_file_gives_defaults(tmp_path, cluster):
     master, w0, _ = cluster
     path = tmp_path / "jobctl.yaml"
     path.write_text(f"master: {master.address}\nworker: {w0.address}\ntimeout: 2\n")
-    assert jobctl("--config", path, "ping").stdout == "jobd-master 0.1.0 answers\n"
+    assert jobctl("--config", path, "ping").stdout == "jobd-master 0.2.0 answers\n"
     assert jobctl("--config", path, "--master", "ping").stdout.startswith("jobd-master")
     assert jobctl("--config", path, "--worker", "ping").stdout.startswith("w0 ")
     bad = tmp_path / "bad.yaml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from jobd.rpc import NoAnswer
 from jobd_master.polls import PollFlow
@@ -16,11 +17,13 @@ class FakeWorker:
         self.replies: list[asyncio.Future[None]] = []
         self.failed: list[tuple[list[str], Exception]] = []
         self.refuse = False  # the socket cannot take a poll (no such peer)
+        self.named: list[list[int]] = []  # the ids each poll sent named
 
-    def request(self, targets: list[str]) -> asyncio.Future[None]:
+    def request(self, targets: list[str], ids: Sequence[int]) -> asyncio.Future[None]:
         if self.refuse:
             raise NoAnswer("cannot send: no route")
         self.sent.append(targets)
+        self.named.append(list(ids))
         reply = asyncio.get_running_loop().create_future()
         self.replies.append(reply)
         return reply
@@ -87,3 +90,17 @@ async def test_targets_poked_meanwhile_whose_poll_is_refused_are_reported():
     await flow.close()
     assert await flow.poll(["c"]) is False  # a closed flow sends nothing
     assert worker.sent == [["a"]]
+
+
+async def test_a_poll_sent_at_once_names_the_pokes_rows_and_a_gathered_one_none():
+    worker = FakeWorker()
+    flow = PollFlow("w", worker.request, lambda t, e: None)
+    assert await flow.poll(["a"], [7]) is True
+    gathered = [flow.poll(["a"], [8]), flow.poll(["b"], [9])]  # behind the poll in flight
+    worker.answer()
+    assert all(await asyncio.gather(*gathered))
+    worker.answer()
+    assert await flow.poll(["a"]) is True
+    assert worker.sent == [["a"], ["a", "b"], ["a"]]
+    assert worker.named == [[7], [], []]
+    await flow.close()

@@ -22,8 +22,11 @@ from jobd.queues import SlotQueue, TargetQueue
 
 def test_request_validation_cleans_data():
     poll = protocol.WORKER_REQUESTS["poll"]
-    assert poll.validate(None) == {"targets": None}
-    assert poll.validate({"targets": ["a", "b", "a"]}) == {"targets": ["a", "b"]}
+    assert poll.validate(None) == {"targets": None, "ids": ()}
+    assert poll.validate({"targets": ["a", "b", "a"]}) == {"targets": ["a", "b"], "ids": ()}
+    named = {"targets": ["a"], "ids": [7, 3, 7]}
+    assert poll.validate(named) == {"targets": ["a"], "ids": [7, 3]}
+    assert protocol.MASTER_REQUESTS["poke"].validate(named) == {"targets": ["a"], "ids": [7, 3]}
     concurrency = protocol.WORKER_REQUESTS["set-target-concurrency"]
     assert concurrency.validate({"target": "t", "concurrency": 3}) == {
         "target": "t",
@@ -88,6 +91,26 @@ def test_slot_queue_orders_and_limits():
     slot.running.discard(2)
     slot.push(Job(9, "t", "s", manual=True))
     assert [job.id for job in slot.pop_startable(paused=True)] == [9]  # manual runs even paused
+
+
+def test_versions_that_take_named_polls():
+    since = protocol.NAMED_IDS_SINCE
+    assert protocol.version_at_least("0.2.0", since)
+    assert protocol.version_at_least("0.10", since) and protocol.version_at_least("1.0.0", since)
+    assert not protocol.version_at_least("0.1.9", since)
+    assert not protocol.version_at_least("", since)
+    assert not protocol.version_at_least("dev", since)
+
+
+def test_slots_free_for_named_jobs():
+    target = TargetQueue.from_config("t", TargetConfig(slots={"a": 2, "b": 1}))
+    assert target.slots_free_for(1) == ["a", "b"]
+    assert target.slots_free_for(2) == ["a"]  # two rows may both be of slot b
+    target.slots["a"].running.add(1)
+    target.slots["b"].push(Job(2, "t", "b"))  # queued: its place is taken
+    assert target.slots_free_for(1) == ["a"]
+    target.paused = True
+    assert target.slots_free_for(1) == []
 
 
 def test_target_queue_room():
