@@ -171,6 +171,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.02)
 
 
+def claimed(worker: Daemon) -> dict[str, int]:
+    """The jobs a worker has claimed since it started, by target and by id."""
+    return worker.request("status")["claimed"]
+
+
+def wait_idle(*workers: Daemon) -> None:
+    """Until no target of these workers is wanted (their claims found every target dry):
+    a poll naming its jobs then takes them by id."""
+    for worker in workers:
+        wait_for(lambda w=worker: not w.request("status")["wanted"], what="the claims done")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,9 @@ import time
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target address; `cut()` drops every connection and
     refuses new ones until `restore()`; `hold()` keeps the connections but relays nothing
-    until `release()` (a server that stopped answering: what was sent waits).  With
+    until `release()` (a server that stopped answering: what was sent waits);
+    `hold_answers()` relays what clients send but keeps the server's answers until
+    `release()` (a statement that went through, its answer not come yet).  With
     `capture`, every byte relayed (both directions) is kept in `captured`, as an
     eavesdropper on the wire would see it."""
 
@@ -26,13 +28,18 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._held = threading.Event()
+        self._answers_held = threading.Event()
         self.restore()
 
     def hold(self) -> None:
         self._held.set()
 
+    def hold_answers(self) -> None:
+        self._answers_held.set()
+
     def release(self) -> None:
         self._held.clear()
+        self._answers_held.clear()
 
     def restore(self) -> None:
         listener = socket.socket()
@@ -80,7 +87,9 @@ class TcpProxy:
         try:
             while True:
                 readable, _, _ = select.select(list(peers), [], [], 1.0)
-                if self._held.is_set():
+                if self._answers_held.is_set():
+                    readable = [sock for sock in readable if sock is a]  # a: the client
+                if self._held.is_set() or not readable:
                     time.sleep(0.01)  # what came stays in the kernel's buffers
                     continue
                 for sock in readable:

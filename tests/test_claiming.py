@@ -6,7 +6,7 @@ import collections
 import time
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import claimed, wait_for, wait_idle
 
 # Appends "start|end <worker> <slot> <id> <ns>" lines; small O_APPEND writes do not interleave.
 RECORD = (
@@ -244,17 +244,6 @@ def test_status_reports_the_worker(jobs, start_worker):
 
 
 # --- polls that name their jobs (JobStore.claim_named) ------------------------------
-
-
-def claimed(worker) -> dict[str, int]:
-    return worker.request("status")["claimed"]
-
-
-def wait_idle(*workers) -> None:
-    """Until no target of these workers is wanted (their claims found every target dry):
-    a poll naming its jobs then takes them by id."""
-    for worker in workers:
-        wait_for(lambda w=worker: not w.request("status")["wanted"], what="the claims done")
 
 
 def test_a_poll_naming_its_job_claims_it_by_id(jobs, start_worker):

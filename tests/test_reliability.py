@@ -11,7 +11,7 @@ import yaml
 
 from jobd.launcher import find_leftovers
 
-from conftest import wait_for
+from conftest import wait_for, wait_idle
 from tcp_proxy import TcpProxy
 
 
@@ -206,6 +206,37 @@ def test_polls_are_answered_while_the_database_does_not_answer(jobs, start_worke
     finally:
         proxy.close()
     assert [(r["status"], r["result"], r["attempts"]) for r in rows] == [("done", "ok", 1)] * 3
+
+
+def test_a_claim_by_id_whose_answer_is_lost_runs_its_job_once(jobs, start_worker, tmp_path):
+    """The claim of a row named in a poll went through, but its answer never came (the
+    connection dropped first): the row says running in the worker's name while the
+    worker does not hold it.  Its next claim gives the row back and takes it again: the
+    job runs once, and counts one start."""
+    url = jobs.db.url
+    log = tmp_path / "ran"
+    proxy = TcpProxy((url.host, url.port))
+    try:
+        through_proxy = jobs.db.url_string.replace(f":{url.port}/", f":{proxy.port}/")
+        worker = start_worker(
+            {"t": 1}, command=f"sh -c 'echo {{id}} >> {log}'", database=through_proxy
+        )
+        wait_idle(worker)
+        (job_id,) = jobs.insert("t")
+        proxy.hold_answers()
+        worker.request("poll", {"targets": ["t"], "ids": [job_id]})
+        wait_for(lambda: jobs.row(job_id)["status"] == "running", what="the claim done")
+        assert not log.exists()  # not started: its answer is held
+        proxy.cut()  # the answer is lost with the connection
+        proxy.release()
+        proxy.restore()
+        (row,) = jobs.wait_done([job_id], timeout=30)
+    finally:
+        proxy.close()
+    assert (row["result"], row["attempts"], row["worker"]) == ("ok", 1, "w0")
+    assert log.read_text().split() == [str(job_id)]
+    assert f"claim of jobs [{job_id}] failed" in worker.log()
+    assert "released 1 rows of a claim whose answer was lost" in worker.log()
 
 
 def test_timeout_terminates_then_kills(jobs, start_worker):
