@@ -48,24 +48,29 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    worker's entry module (`jobd.cli`).
 
 5. Latency: jobd-master, and a worker registered with it whose launcher is
-   `/bin/date +%s%N` (its stdout is written to the row).  3 x --latency-jobs jobs, one at a
-   time with the worker idle, taking three ways in turn: take the wall clock, INSERT one
+   `/bin/date +%s%N` (its stdout is written to the row).  6 x --latency-jobs jobs, one at
+   a time with the worker idle, taking six ways in turn: take the wall clock, INSERT one
    row (autocommit), then either send `poll` straight to the worker or `poke` to the
    master (each over a DEALER connection of jobd.client opened before the loop) and wait
    until the row is done (read first 10 ms after the reply, so that the benchmark's own
    queries do not compete with what they time), or -- the floor -- run the worker's steps
-   here with no daemon: the two round trips of a worker's claim (its statements, over a
-   connection set up like the worker's) on that row, then /bin/date through jobd's
-   launcher.  The latency is the time `date` printed minus the time taken before the
-   INSERT: insert + poll (or poke) -> the job's process is running, including the exec of
-   /bin/date itself, which the spawn floor of step 1 shows.  Taking the three in turn
-   gives them the same machine: the floor is what no daemon can go below, here and now.
-   The round trips of the poll and of the poke are reported too.
+   here with no daemon: the statements of a worker's claim (over a connection set up like
+   the worker's) on that row, then /bin/date through jobd's launcher.  Each of the three
+   twice: naming the job's id (`ids`, as jobd's own client pokes; the worker claims the
+   row by id, and the floor runs that claim's one round trip) and by target only (the
+   usual claim, and its two round trips in the floor).  The latency is the time `date`
+   printed minus the time taken before the INSERT: insert + poll (or poke) -> the job's
+   process is running, including the exec of /bin/date itself, which the spawn floor of
+   step 1 shows.  Taking them in turn gives them the same machine: each floor is what no
+   daemon can go below with that claim, here and now.  The round trips of the poll and
+   of the poke are reported too, and with --userstat the worker's SQL statements of each
+   job (read after each job of the worker and master paths), per path.
 
    With --compare DIR (a checkout of another commit, e.g. `git worktree add ../other
    HEAD~1`), a second worker runs that checkout's jobd package (same interpreter, same
    dependencies), registered with the same master for a target of its own, and two more
-   ways join the turn: straight to it and through the master.  The host's speed drifts
+   ways join the turn: straight to it and through the master, naming the job when that
+   build takes ids (jobd 0.2 or newer, by its `ping`), else by target.  The host's speed drifts
    by up to a third from one run to the next, far more than most changes move the
    latency; taken in turn, both builds meet the same machine, job after job.  The two
    builds swap places every other round, so each follows the floor as often: the step
