@@ -386,7 +386,7 @@ class Worker:
     def _named_slots(self, target: str, ids: list[int]) -> list[str]:
         """The slots in which the rows a poll named may be claimed by id
         (JobStore.claim_named): those with a free place for each of them, when claiming
-        them ahead of the usual way cannot pass over anything.  None (the usual claim
+        them ahead of the usual way cannot pass over anything.  No slot (the usual claim
         then) while this worker knows of rows that may wait for the target (it is wanted:
         there priorities decide), after a failed claim, or when the worker holds one of
         the ids already."""
