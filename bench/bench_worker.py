@@ -116,9 +116,10 @@ from harness import (
 from jobd.client import Client, call
 from jobd.config import LauncherConfig
 from jobd.jobs import Job, Outcome
-from jobd.launcher import Launcher, prepare_worker_process
-from jobd.protocol import NAMED_IDS_SINCE, version_at_least
-from jobd.storage import Queries
+from jobd.store.jobstore import Queries
+from jobd.wire.protocol import NAMED_IDS_SINCE, version_at_least
+from jobd.worker.launcher import Launcher
+from jobd.worker.leftovers import prepare_worker_process
 
 COM_COUNTERS = (
     "Com_select", "Com_insert", "Com_update", "Com_delete", "Com_replace",

@@ -36,10 +36,12 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from jobd import __version__, protocol
-from jobd.master_link import routing_id
-from jobd.protocol import ErrorCode, RequestError
-from jobd.rpc import Dispatcher, Endpoint, NoAnswer, configure_socket
+from jobd import __version__
+from jobd.wire import protocol
+from jobd.wire.dispatch import Dispatcher
+from jobd.wire.endpoint import Endpoint, NoAnswer, configure_socket
+from jobd.wire.protocol import ErrorCode, RequestError
+from jobd.worker.master_link import routing_id
 
 log = logging.getLogger("fake_workers")
 

@@ -221,20 +221,12 @@ def list_workers(daemon: Daemon, poll_workers: bool) -> None:
     daemon.show(reply["workers"] if daemon.json else reply, render.workers)
 
 
-@main.command("list-targets")
-@click.pass_obj
-def list_targets(daemon: Daemon) -> None:
-    """Targets, slots (and workers) served."""
-    reply = daemon.request("status")
-    if daemon.kind == MASTER:
-        by_target: dict[str, dict[str, Any]] = {}
-        for name, worker in reply["workers"].items():
-            for target, slot_map in worker["targets"].items():
-                by_target.setdefault(target, {})[name] = slot_map
-        daemon.show(dict(sorted(by_target.items())) if daemon.json else reply,
-                    render.master_targets)  # fmt: skip
-    else:
-        daemon.show(reply["targets"] if daemon.json else reply, render.worker_targets)
+@main.command("list-targets", hidden=True)
+@click.pass_context
+def list_targets(ctx: click.Context) -> None:
+    """The former name of `targets`."""
+    click.echo("jobctl: list-targets is now `jobctl targets`", err=True)
+    ctx.invoke(targets)
 
 
 def _parse_slots(values: Sequence[str]) -> Any:

@@ -15,10 +15,10 @@ from typing import Any
 import click
 
 from jobctl import settings
-from jobd.client import ClientCurve, NoAnswer, RequestError, call
 from jobd.config import DatabaseURL
-from jobd.curve import CurveError
-from jobd.protocol import MASTER_REQUESTS, WORKER_REQUESTS, RequestType
+from jobd.wire.client import ClientCurve, NoAnswer, RequestError, call
+from jobd.wire.curve import CurveError
+from jobd.wire.protocol import MASTER_REQUESTS, WORKER_REQUESTS, RequestType
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 

@@ -23,10 +23,12 @@ import click
 from jobctl import render_jobs
 from jobctl.connection import EXIT_ERROR, EXIT_NO_ANSWER, WORKER, Daemon, _jsonable, fail
 from jobctl.times import parse_duration, parse_since, parse_time
-from jobd.api import targets_from_status
-from jobd.catalog import FINISHED, STATUSES
-from jobd.client import Jobd, JobNotFound, NoAnswer, RequestError, WaitTimeout
-from jobd.db import StorageError
+from jobd.api.replies import targets_from_status
+from jobd.api.sync import Jobd
+from jobd.api.waiting import JobNotFound, WaitTimeout
+from jobd.store.catalog import FINISHED, STATUSES
+from jobd.store.pool import StorageError
+from jobd.wire.client import NoAnswer, RequestError
 
 #: Exit statuses of `add --wait` (and the worst job of `wait` for the first four).
 EXIT_JOB_TIMEOUT = 124  # the job did not finish within --wait-timeout (as timeout(1))

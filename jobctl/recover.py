@@ -20,10 +20,12 @@ from typing import Any
 import click
 
 from jobctl.connection import EXIT_ERROR, EXIT_NO_ANSWER, MASTER, Daemon, fail
-from jobd.client import NoAnswer, RequestError, call
-from jobd.config import WORKER_NAME_PATTERN, DatabaseURL
-from jobd.protocol import MASTER_REQUESTS
-from jobd.storage import REQUIRED_COLUMNS, JobStore, Recovery, StorageError
+from jobd.config import DatabaseURL
+from jobd.names import WORKER_NAME_PATTERN
+from jobd.store.jobstore import REQUIRED_COLUMNS, JobStore, StorageError
+from jobd.store.rows import Recovery
+from jobd.wire.client import NoAnswer, RequestError, call
+from jobd.wire.protocol import MASTER_REQUESTS
 
 
 @click.command()

@@ -194,15 +194,6 @@ def workers(reply: Mapping[str, Any]) -> str:
     return table(header, rows) or "no workers registered"
 
 
-def master_targets(reply: Mapping[str, Any]) -> str:
-    rows = [
-        (target, name, slots(slot_map))
-        for name, w in reply["workers"].items()
-        for target, slot_map in w["targets"].items()
-    ]
-    return table(["TARGET", "WORKER", "SLOTS"], sorted(rows)) or "no targets"
-
-
 def target_changed(reply: Mapping[str, Any]) -> str:
     return f"target {reply['target']}: slots {slots(reply['slots'])}"
 

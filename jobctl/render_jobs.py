@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobctl.render import clock, key_values, lines, table
-from jobd.catalog import TargetStats
-from jobd.schedules import Schedule
+from jobd.store.catalog import TargetStats
+from jobd.store.schedules import Schedule
 
 
 def _when(timestamp: int | None) -> str:

@@ -13,7 +13,7 @@ from jobctl.connection import EXIT_ERROR, Daemon, fail
 from jobctl.queue import _data, opened
 from jobctl.times import parse_duration
 from jobd.cron import CATCH_UP_POLICIES
-from jobd.schedules import Schedule
+from jobd.store.schedules import Schedule
 
 
 @click.group()

@@ -17,7 +17,6 @@ JOBD_DATABASE_URL, else `database:` here (see `database_url`).  CURVE keys come 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ import click
 import yaml
 
 from jobd.config import DATABASE_URL_ENV, DatabaseURL
+from jobd.names import TABLE_PATTERN
 
 DEFAULT_PATH = "~/.jobctl.yaml"
 DEFAULT_MASTER = "tcp://127.0.0.1:7081"
 DEFAULT_WORKER = "tcp://127.0.0.1:7080"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_TABLE = "jobs"
-TABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _KEYS = (
     "master", "worker", "timeout", "database", "table",
     "key", "master_server_key", "worker_server_key",

@@ -1,3 +1,3 @@
-from jobd.cli import main
+from jobd.worker.cli import main
 
 main()

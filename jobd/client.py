@@ -1,126 +1,54 @@
-"""Client of the jobd and jobd-master request protocol (async, with a sync wrapper).
+"""The public client of jobd, for scripts and services.
 
-    async with Client("tcp://127.0.0.1:7080") as worker:
-        await worker.request("poll", {"targets": ["mail"]})
+    from jobd.client import Jobd
 
-    call("tcp://127.0.0.1:7081", "poke", {"targets": ["mail"]})   # blocking
+    with Jobd("mysql://jobd:secret@127.0.0.1:3306/jobd") as jobd:
+        job_id = jobd.submit("mail", data={"to": "ann@example.org"})
+        print(jobd.wait(job_id, timeout=60))   # {"result": "ok", "code": 0, ...}
 
-Request data is validated against the shared request table before it is sent, so
-a client learns about a malformed request without a round trip.
+    from jobd.client import call
+    call("tcp://127.0.0.1:7081", "poke", {"targets": ["mail"]})
+
+Two layers, one import: the request client (`Client`, `call`; jobd.wire.client) and the
+job API on the jobs table (`AsyncJobd`, `Jobd`; jobd.api).  The job API is imported on
+first use, so a script that only sends requests never loads the database driver.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Mapping
-from types import TracebackType
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import zmq
-import zmq.asyncio
+from jobd.wire.client import Client, call
+from jobd.wire.curve import ClientCurve
+from jobd.wire.endpoint import NoAnswer
+from jobd.wire.protocol import RequestError
 
-from jobd import protocol
-from jobd.curve import ClientCurve, make_client
-from jobd.protocol import RequestError, RequestType
-from jobd.rpc import Endpoint, NoAnswer, configure_socket
+if TYPE_CHECKING:
+    from jobd.api.jobs import AsyncJobd
+    from jobd.api.sync import Jobd
+    from jobd.api.waiting import JobNotFound, WaitTimeout
+    from jobd.jobs import Outcome
+    from jobd.store.catalog import TargetStats
 
-__all__ = ["Client", "ClientCurve", "NoAnswer", "RequestError", "call"]
+__all__ = [
+    "AsyncJobd", "Client", "ClientCurve", "JobNotFound", "Jobd", "NoAnswer", "Outcome",
+    "RequestError", "TargetStats", "WaitTimeout", "call",
+]  # fmt: skip
 
-DEFAULT_TIMEOUT = 5.0
-log = logging.getLogger("jobd.client")
-
-
-class Client:
-    """A DEALER connection to one daemon.
-
-    `curve`: for a daemon with CURVE keys, this client's key pair and the daemon's public
-    key, `ClientCurve.load("ops.key_secret", "master.key")` (docs/curve.md).  A daemon
-    that does not let the key in never answers: requests end in NoAnswer."""
-
-    def __init__(
-        self,
-        address: str,
-        timeout: float = DEFAULT_TIMEOUT,
-        table: Mapping[str, RequestType] | None = None,
-        curve: ClientCurve | None = None,
-    ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.table = table
-        self.curve = curve
-        self._ctx: zmq.asyncio.Context | None = None
-        self._endpoint: Endpoint | None = None
-
-    async def __aenter__(self) -> Client:
-        self._ctx = zmq.asyncio.Context()
-        sock = self._ctx.socket(zmq.DEALER)
-        configure_socket(sock, max_message_size=-1)  # replies may be large (job output)
-        if self.curve is not None:
-            make_client(sock, self.curve)
-        sock.connect(self.address)
-        self._endpoint = Endpoint(sock, None, log)
-        self._endpoint.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._endpoint is not None:
-            await self._endpoint.close()
-            self._endpoint = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-
-    async def request(
-        self, type_: str, data: Mapping[str, Any] | None = None, timeout: float | None = None
-    ) -> Any:
-        """Send one request; returns the reply data.
-
-        Raises RequestError (the daemon's error, or bad_request before sending) and NoAnswer.
-        """
-        if self._endpoint is None:
-            raise RuntimeError("Client is not connected; use 'async with Client(...)'")
-        if self.table is not None:
-            request_type = self.table.get(type_)
-            if request_type is None:
-                raise RequestError(protocol.ErrorCode.UNKNOWN_REQUEST, f"unknown request {type_}")
-            request_type.validate(dict(data or {}))
-        try:
-            return await self._endpoint.request(
-                type_, data, timeout=self.timeout if timeout is None else timeout
-            )
-        except NoAnswer:
-            wait = self.timeout if timeout is None else timeout
-            raise NoAnswer(f"no answer from {self.address} within {wait:g} s") from None
+#: Names of the job API, and the module each comes from (imported on first use).
+_JOB_API = {
+    "AsyncJobd": "jobd.api.jobs",
+    "Jobd": "jobd.api.sync",
+    "JobNotFound": "jobd.api.waiting",
+    "WaitTimeout": "jobd.api.waiting",
+    "Outcome": "jobd.jobs",
+    "TargetStats": "jobd.store.catalog",
+}
 
 
-def call(
-    address: str,
-    type_: str,
-    data: Mapping[str, Any] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    table: Mapping[str, RequestType] | None = None,
-    curve: ClientCurve | None = None,
-) -> Any:
-    """Blocking form of Client.request for scripts and the CLI."""
-
-    async def once() -> Any:
-        async with Client(address, timeout, table, curve) as client:
-            return await client.request(type_, data)
-
-    return asyncio.run(once())
-
-
-# The job API (submit, wait, schedules) builds on Client; importing it here lets scripts
-# use `from jobd.client import Jobd`.  jobd.api imports Client lazily, so no cycle.
-from jobd.api import AsyncJobd, Jobd, JobNotFound, WaitTimeout  # noqa: E402
-
-__all__ += ["AsyncJobd", "JobNotFound", "Jobd", "WaitTimeout"]
+def __getattr__(name: str) -> Any:
+    module = _JOB_API.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,8 +1,8 @@
 """YAML configuration of jobd and jobd-master, validated into frozen dataclasses.
 
 Every error names the file and the key (`/etc/jobd.yaml: targets.video.low: ...`).
-The database password is kept out of every repr and message.  This module imports
-nothing of ours, so it duplicates the two name patterns of the protocol on purpose.
+The database password is kept out of every repr and message.  Of ours, this module
+imports only the leaves `jobd.names`, `jobd.config_reader` and `jobd.database_url`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import yaml
+from jobd.config_reader import ConfigError, Reader, load_yaml
+from jobd.database_url import DatabaseURL
+from jobd.names import DEFAULT_SLOT, NAME_PATTERN, TABLE_PATTERN, WORKER_NAME_PATTERN
+
+__all__ = ["ConfigError", "DatabaseURL", "MasterConfig", "WorkerConfig"]
 
 DEFAULT_WORKER_CONFIG = "/etc/jobd.yaml"
 DEFAULT_MASTER_CONFIG = "/etc/jobd-master.yaml"
 DATABASE_URL_ENV = "JOBD_DATABASE_URL"
 DEFAULT_EVENTS = "tcp://127.0.0.1:7082"
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,16}")
-WORKER_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-TABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 URL_PATTERN = re.compile(r"https?://[^\s]{1,1000}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -36,57 +36,6 @@ MAX_OUTPUT_BUFFER = 4 << 20
 #: A target's map is the long form (with options) when it has one of these keys;
 #: otherwise it is a map of slot: concurrency.
 LONG_FORM_KEYS = frozenset({"slots", "concurrency"})
-
-
-class ConfigError(Exception):
-    """A configuration that cannot be used; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
-class DatabaseURL:
-    """mysql://user:password@host:port/database; the password never shows in repr."""
-
-    user: str
-    password: str = field(repr=False)
-    host: str
-    port: int
-    database: str
-
-    @classmethod
-    def parse(cls, url: str) -> DatabaseURL:
-        """Raise ValueError (without the password in it) for a malformed URL."""
-        if not isinstance(url, str):
-            raise ValueError("expected a URL string")
-        try:
-            parts = urlsplit(url)
-            port = parts.port or 3306
-        except ValueError:
-            raise ValueError(
-                "malformed URL (expected mysql://user:password@host:port/db)"
-            ) from None
-        if parts.scheme not in ("mysql", "mariadb"):
-            raise ValueError("scheme must be mysql:// or mariadb://")
-        if not parts.hostname:
-            raise ValueError("the URL names no host")
-        database = unquote(parts.path.lstrip("/"))
-        if not database or "/" in database:
-            raise ValueError("the URL names no database (mysql://user@host:port/DATABASE)")
-        if parts.query or parts.fragment:
-            raise ValueError("the URL may not have a query or fragment")
-        return cls(
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            host=parts.hostname,
-            port=port,
-            database=database,
-        )
-
-    def redacted(self) -> str:
-        secret = ":***" if self.password else ""
-        return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
-
-    def __str__(self) -> str:
-        return self.redacted()
 
 
 @dataclass(frozen=True)
@@ -173,94 +122,7 @@ class MasterConfig:
     events: str | None = DEFAULT_EVENTS
 
 
-# --- reading --------------------------------------------------------------------
-
-
-class _Reader:
-    """Pulls typed keys out of one YAML map and reports errors with the file and key path."""
-
-    def __init__(self, path: str, data: Any, prefix: str = "") -> None:
-        self.path = path
-        self.prefix = prefix
-        if not isinstance(data, dict):
-            where = prefix.rstrip(".") or "top level"
-            raise self.error(where, "expected a map")
-        self.data = data
-        self.used: set[str] = set()
-
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key}: {problem}")
-
-    def key(self, name: str) -> str:
-        return self.prefix + name
-
-    def get(self, name: str, default: Any = None, required: bool = False) -> Any:
-        self.used.add(name)
-        if name not in self.data or self.data[name] is None:
-            if required:
-                raise self.error(self.key(name), "required key is missing")
-            return default
-        return self.data[name]
-
-    def integer(self, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(self.key(name), f"expected an integer, got {type(value).__name__}")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
-            raise self.error(self.key(name), f"must be {bound}, got {value}")
-        return value
-
-    def number(self, name: str, default: float, minimum: float) -> float:
-        value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(self.key(name), f"expected a number, got {type(value).__name__}")
-        if value < minimum:
-            raise self.error(self.key(name), f"must be >= {minimum}, got {value}")
-        return float(value)
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.get(name, default)
-        if not isinstance(value, bool):
-            raise self.error(self.key(name), f"expected true or false, got {type(value).__name__}")
-        return value
-
-    def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
-        value = self.get(name, default, required)
-        if value is not None and not isinstance(value, str):
-            raise self.error(self.key(name), f"expected a string, got {type(value).__name__}")
-        return value
-
-    def matching(self, name: str, pattern: re.Pattern[str], what: str, **kw: Any) -> Any:
-        value = self.string(name, **kw)
-        if value is not None and not pattern.fullmatch(value):
-            raise self.error(self.key(name), f"expected {what}, got {value!r:.80}")
-        return value
-
-    def section(self, name: str, required: bool = False) -> _Reader:
-        return _Reader(self.path, self.get(name, {}, required), self.key(name) + ".")
-
-    def finish(self) -> None:
-        unknown = [k for k in self.data if k not in self.used]
-        if unknown:
-            raise self.error(self.key(str(unknown[0])), "unknown key")
-
-
-def _load_yaml(path: str) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "syntax"
-        raise ConfigError(f"{path}: {where}: not valid YAML") from None
-    return {} if data is None else data
-
-
-def _log_level(reader: _Reader) -> str:
+def _log_level(reader: Reader) -> str:
     log = reader.section("log")
     level = log.string("level", "info").lower()
     if level not in LOG_LEVELS:
@@ -269,9 +131,9 @@ def _log_level(reader: _Reader) -> str:
     return level
 
 
-def _slots(reader: _Reader, key: str, value: Any) -> dict[str, int]:
+def _slots(reader: Reader, key: str, value: Any) -> dict[str, int]:
     """A concurrency for the slot "default", or a map of slot: concurrency."""
-    slots = value if isinstance(value, dict) else {"default": value}
+    slots = value if isinstance(value, dict) else {DEFAULT_SLOT: value}
     if not slots:
         raise reader.error(key, "expected at least one slot")
     clean: dict[str, int] = {}
@@ -287,12 +149,12 @@ def _slots(reader: _Reader, key: str, value: Any) -> dict[str, int]:
     return clean
 
 
-def _target(reader: _Reader, key: str, value: Any) -> TargetConfig:
+def _target(reader: Reader, key: str, value: Any) -> TargetConfig:
     """`mail: 20`, `video: {low: 2, high: 4}`, or the long form with options:
     `reports: {concurrency: 2 | slots: {...}, timeout: 600, max_attempts: 3, ...}`."""
     if not isinstance(value, dict) or not LONG_FORM_KEYS & set(value):
         return TargetConfig(slots=_slots(reader, key, value))
-    section = _Reader(reader.path, value, key + ".")
+    section = Reader(reader.path, value, key + ".")
     if ("slots" in value) == ("concurrency" in value):
         raise reader.error(key, "give either concurrency or slots")
     slots_key = "slots" if "slots" in value else "concurrency"
@@ -310,7 +172,7 @@ def _target(reader: _Reader, key: str, value: Any) -> TargetConfig:
     return target
 
 
-def parse_targets(reader: _Reader) -> dict[str, TargetConfig]:
+def parse_targets(reader: Reader) -> dict[str, TargetConfig]:
     raw = reader.get("targets", required=True)
     if not isinstance(raw, dict):
         raise reader.error("targets", "expected a map of target: concurrency or slots")
@@ -323,7 +185,7 @@ def parse_targets(reader: _Reader) -> dict[str, TargetConfig]:
     return targets
 
 
-def _database(reader: _Reader, required: bool = True) -> Any:
+def _database(reader: Reader, required: bool = True) -> Any:
     # The environment wins, so the password can stay out of the file.
     url = os.environ.get(DATABASE_URL_ENV) or reader.string("database")
     reader.used.add("database")
@@ -338,7 +200,7 @@ def _database(reader: _Reader, required: bool = True) -> Any:
         raise reader.error(source, str(exc)) from None
 
 
-def _launcher(reader: _Reader, required: bool = True) -> Any:
+def _launcher(reader: Reader, required: bool = True) -> Any:
     if not required and reader.get("launcher") is None:
         return None
     section = reader.section("launcher", required=required)
@@ -361,7 +223,7 @@ def _launcher(reader: _Reader, required: bool = True) -> Any:
     return LauncherConfig(command=command, cwd=cwd, env={k: str(v) for k, v in env.items()})
 
 
-def _callbacks(reader: _Reader) -> CallbackConfig:
+def _callbacks(reader: Reader) -> CallbackConfig:
     section = reader.section("callbacks")
     config = CallbackConfig(
         output_limit=section.integer("output_limit", 4096, 0, MAX_OUTPUT_BUFFER),
@@ -373,7 +235,7 @@ def _callbacks(reader: _Reader) -> CallbackConfig:
     return config
 
 
-def _curve(reader: _Reader, master: str | None = None, worker: bool = False) -> CurveConfig:
+def _curve(reader: Reader, master: str | None = None, worker: bool = False) -> CurveConfig:
     """The `curve:` section; `master` is the worker's master address (it needs the
     master's public key), `worker` allows `server_key_file` at all."""
     section = reader.section("curve")
@@ -419,7 +281,7 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
-def _check_exposure(reader: _Reader, key: str, endpoint: str, curve: CurveConfig) -> None:
+def _check_exposure(reader: Reader, key: str, endpoint: str, curve: CurveConfig) -> None:
     """Refuse to serve plain text beyond this host unless `allow_insecure: true`."""
     if curve.enabled or is_loopback(endpoint) or reader.boolean("allow_insecure", False):
         return
@@ -432,7 +294,7 @@ def _check_exposure(reader: _Reader, key: str, endpoint: str, curve: CurveConfig
 
 
 def load_worker_config(path: str) -> WorkerConfig:
-    reader = _Reader(path, _load_yaml(path))
+    reader = Reader(path, load_yaml(path))
     name = reader.matching(
         "name",
         WORKER_NAME_PATTERN,
@@ -467,7 +329,7 @@ def load_worker_config(path: str) -> WorkerConfig:
 
 
 def load_master_config(path: str) -> MasterConfig:
-    reader = _Reader(path, _load_yaml(path))
+    reader = Reader(path, load_yaml(path))
     config = MasterConfig(
         path=path,
         listen=reader.matching(
@@ -488,7 +350,7 @@ def load_master_config(path: str) -> MasterConfig:
     return config
 
 
-def _events(reader: _Reader) -> str | None:
+def _events(reader: Reader) -> str | None:
     """The master's PUB endpoint for job events; `events: false` turns them off."""
     if reader.get("events") is False:
         return None

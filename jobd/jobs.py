@@ -1,10 +1,11 @@
-"""Plain values that pass between storage, launcher and worker."""
+"""Plain values that pass between the store, the launcher, the worker and the client."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import KW_ONLY, dataclass
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 _BEYOND_BMP = re.compile("[\U00010000-\U0010ffff]")
@@ -44,15 +45,27 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one run of a job ended, as written back to its row."""
+    """How one run of a job ended: as the worker writes it to the row, as a reply or an
+    event carries it (`as_reply`), and as a client reads it back (`from_row`)."""
 
-    result: str  # 'ok' exactly when return_code == 0, else 'fail'
-    return_code: int | None
-    sig: str | None  # signal name such as 'SIGKILL' when the process was killed
+    result: str  # 'ok' exactly when code == 0, else 'fail'
+    code: int | None  # the exit code; None when killed by a signal or never started
+    signal: str | None  # signal name such as 'SIGKILL' when the process was killed
     stdout: str
     stderr: str
-    duration: float  # seconds, measured by the worker
+    #: Seconds: measured by the worker; from a row, whole seconds (None if unknown).
+    duration: float | None
     note: str | None = None  # why jobd stopped the job (timeout, shutdown), if it did
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Outcome:
+        """The outcome of a finished row (its duration from the whole-second columns)."""
+        started, finished = row.get("time_started") or 0, row.get("time_finished") or 0
+        return cls(
+            result=row["result"], code=row["return_code"], signal=row["sig"],
+            stdout=row["stdout"] or "", stderr=row["stderr"] or "",
+            duration=finished - started if started and finished >= started else None,
+        )  # fmt: skip
 
     def storable(self) -> Outcome:
         """The same with characters beyond the Basic Multilingual Plane replaced, for a
@@ -67,24 +80,27 @@ class Outcome:
         return dataclasses.replace(self, stdout=note, stderr=note)
 
     def describe(self) -> str:
-        if self.sig:
-            how = f"killed by {self.sig}"
-        elif self.return_code is None:
+        if self.signal:
+            how = f"killed by {self.signal}"
+        elif self.code is None:
             how = "could not start"
         else:
-            how = f"exit code {self.return_code}"
+            how = f"exit code {self.code}"
         return f"{self.note} ({how})" if self.note else how
 
     def as_reply(self, output_limit: int | None = None) -> dict[str, Any]:
         """The outcome as a reply carries it; with `output_limit`, each stream is cut to
         that many characters (the row keeps all of it)."""
+        duration = self.duration
+        if isinstance(duration, float):
+            duration = round(duration, 6)
         return {
             "result": self.result,
-            "code": self.return_code,
-            "signal": self.sig,
+            "code": self.code,
+            "signal": self.signal,
             "stdout": _cut(self.stdout, output_limit),
             "stderr": _cut(self.stderr, output_limit),
-            "duration": round(self.duration, 6),
+            "duration": duration,
         }
 
 
@@ -92,3 +108,27 @@ def _cut(text: str, limit: int | None) -> str:
     if limit is None or len(text) <= limit:
         return text
     return text[:limit] + f"\n[jobd: {len(text) - limit} more characters in the row]\n"
+
+
+@dataclass(frozen=True)
+class SlotWant:
+    """What a claim may take for one slot."""
+
+    start: int  # rows that start at once (claimed straight to 'running')
+    room: int  # rows in all: those, and those that wait in the slot, soon to start
+
+
+@dataclass
+class Claim:
+    """What one claim transaction took."""
+
+    accepted: list[Job] = field(default_factory=list)
+    ignored: list[int] = field(default_factory=list)
+    #: Targets whose select came back full: more rows may be waiting.
+    full: set[str] = field(default_factory=set)
+    #: Targets with a slot that had no room and was not asked for: rows may wait for it.
+    partial: set[str] = field(default_factory=set)
+    #: Targets found dry: neither full nor partial.
+    drained: set[str] = field(default_factory=set)
+    #: The earliest future not-before time of a waiting row of the drained targets.
+    next_due: int | None = None

@@ -11,7 +11,7 @@ import sys
 sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
 from jobd.config import DEFAULT_MASTER_CONFIG, MasterConfig, load_master_config  # noqa: E402
-from jobd.service import daemon_command, load_curve  # noqa: E402
+from jobd.runtime.command import daemon_command, load_curve  # noqa: E402
 from jobd_master.daemon import check_schedules, run_master  # noqa: E402
 
 

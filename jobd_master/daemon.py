@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -11,13 +10,17 @@ import signal
 import zmq
 import zmq.asyncio
 
-from jobd import __version__, protocol
-from jobd.config import ConfigError, MasterConfig, load_master_config
-from jobd.curve import Authenticator
-from jobd.rpc import Dispatcher, Endpoint
-from jobd.service import StartupError, listen, load_curve, notify_systemd, watchdog
-from jobd_master.events import EventPublisher
+from jobd import __version__
+from jobd.config import MasterConfig, load_master_config
+from jobd.runtime.command import StartupError, listen, load_curve
+from jobd.runtime.reload import reload_config
+from jobd.runtime.systemd import notify_systemd, watchdog
+from jobd.wire import protocol
+from jobd.wire.curve import Authenticator
+from jobd.wire.dispatch import Dispatcher
+from jobd.wire.endpoint import Endpoint
 from jobd_master.master import Master
+from jobd_master.publisher import EventPublisher
 
 log = logging.getLogger("jobd_master")
 
@@ -41,10 +44,10 @@ async def run_master(config: MasterConfig) -> int:
     endpoint = Endpoint(sock, dispatcher, log, first_number=int.from_bytes(os.urandom(6)) + 1)
     # Request numbers start at a random point: a worker may send a late reply to a request
     # of a previous master process (a run-manual that outlived it), which must not be taken
-    # for the answer to one of ours.  (rpc.Endpoint has no parameter for it yet.)
+    # for the answer to one of ours.
     endpoint.start()
     master.start(endpoint)
-    scheduler = start_scheduler(config, master)
+    scheduler = start_master_scheduler(config, master)
     if events is not None:
         log.info("publishing job events on %s", events.address)
     log.info(
@@ -83,8 +86,8 @@ async def check_schedules(config: MasterConfig) -> None:
     if config.database is None:
         return
     # The database driver is imported only by a master that has a database.
-    from jobd.db import StorageError
-    from jobd.schedules import ScheduleStore
+    from jobd.store.pool import StorageError
+    from jobd.store.schedules import ScheduleStore
 
     store = ScheduleStore(config.database, config.table, pool_size=1)
     try:
@@ -100,46 +103,38 @@ async def check_schedules(config: MasterConfig) -> None:
         await store.close()
 
 
-def start_scheduler(config: MasterConfig, master: Master) -> asyncio.Task[None] | None:
+def start_master_scheduler(config: MasterConfig, master: Master) -> asyncio.Task[None] | None:
     """With a database configured, the master runs the schedules; each fire pokes the
     schedule's target like a client's poke would."""
     if config.database is None:
         return None
-    from jobd.schedules import run_scheduler  # only a master with a database needs it
+    # Only a master with a database imports the database driver.
+    from jobd.runtime.scheduler import start_scheduler
 
     def poke(targets: list[str]) -> None:
         master.poke(targets)
 
-    task = asyncio.create_task(
-        run_scheduler(config.database, config.table, poke, "jobd-master"), name="scheduler"
-    )
-    task.add_done_callback(_scheduler_ended)
-    return task
+    return start_scheduler(config.database, config.table, poke, "jobd-master")
 
 
-def _scheduler_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("the scheduler failed; schedules are off", exc_info=task.exception())
+#: Keys whose change a reload cannot apply: where the master listens and publishes, its
+#: keys, and the database its scheduler reads.
+RESTART_KEYS = ("listen", "curve", "allow_insecure", "database", "table", "events")
 
 
 def reload(master: Master, auth: Authenticator | None = None) -> None:
-    """SIGHUP: take the new log level and ping interval, and read the CURVE authorized
-    keys again; `listen` and `curve` need a restart."""
-    if auth is not None:
-        auth.reload()
-    try:
-        config = load_master_config(master.config.path)
-    except ConfigError as exc:
-        log.error("reload failed, keeping the running config: %s", exc)
-        return
-    for key in ("listen", "curve", "allow_insecure", "database", "table", "events"):
-        if getattr(config, key) != getattr(master.config, key):
-            what = "listen address" if key == "listen" else key
-            log.warning("reload: a new %s takes effect at the next restart", what)
-            config = dataclasses.replace(config, **{key: getattr(master.config, key)})
-    logging.getLogger().setLevel(config.log_level.upper())
-    # Workers learn a new interval when they register again; one that expects the old,
-    # shorter interval just registers again early.
-    master.config = config
-    log.info("reloaded %s: ping interval %g s, log level %s",
-             config.path, config.ping_interval, config.log_level)  # fmt: skip
+    """SIGHUP: the one reload policy of both daemons (jobd.runtime.reload).  What it
+    applies: the log level and the ping interval (workers learn a new interval when they
+    register again; one that expects the old, shorter one just registers early)."""
+
+    def apply(config: MasterConfig) -> None:
+        logging.getLogger().setLevel(config.log_level.upper())
+        master.config = config
+
+    new = reload_config(
+        master.config, load_master_config, RESTART_KEYS, "jobd-master", apply, master.reloads,
+        auth,
+    )  # fmt: skip
+    if new is not None:
+        log.info("reloaded %s: ping interval %g s, log level %s",
+                 new.path, new.ping_interval, new.log_level)  # fmt: skip

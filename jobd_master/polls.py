@@ -21,8 +21,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from jobd.protocol import RequestError
-from jobd.rpc import NoAnswer
+from jobd.wire.endpoint import NoAnswer
+from jobd.wire.protocol import RequestError
 
 log = logging.getLogger("jobd_master.polls")
 

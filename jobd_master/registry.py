@@ -11,8 +11,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobd.protocol import NAMED_IDS_SINCE, version_at_least
+from jobd.wire.protocol import NAMED_IDS_SINCE, version_at_least
 
+#: Longest wait for a worker's answer to a quick request (status, pause, signals, ...).
+QUICK_TIMEOUT = 2.0
 #: A ROUTER envelope: the routing id frames that lead back to one worker connection.
 Envelope = tuple[bytes, ...]
 

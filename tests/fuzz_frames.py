@@ -17,7 +17,7 @@ from typing import Any
 
 import msgpack
 
-from jobd.protocol import MAX_MESSAGE_SIZE, RequestError, RequestType
+from jobd.wire.protocol import MAX_MESSAGE_SIZE, RequestError, RequestType
 
 #: Integers a careless decoder or validator trips over.
 EDGE_INTS = [

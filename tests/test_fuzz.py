@@ -18,7 +18,7 @@ import zmq
 from fuzz_frames import Frame, Generator
 
 from jobd.client import call
-from jobd.protocol import (
+from jobd.wire.protocol import (
     MASTER_REQUESTS,
     MAX_MESSAGE_SIZE,
     WORKER_REQUESTS,

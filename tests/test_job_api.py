@@ -15,7 +15,7 @@ import pytest
 import yaml
 import zmq
 
-from jobd import waiting
+from jobd.api import waiting
 from jobd.client import AsyncJobd, Jobd, JobNotFound, RequestError, WaitTimeout, call
 
 from conftest import Daemon, free_port, wait_for

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jobd.storage import SLOW_READS_IN_A_ROW, Claim, JobStore, Queries, SlotWant
+from jobd.store.jobstore import SLOW_READS_IN_A_ROW, Claim, JobStore, Queries, SlotWant
 
 from conftest import wait_for
 

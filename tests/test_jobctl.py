@@ -78,12 +78,16 @@ def test_master_commands_in_both_output_modes(jobs, cluster):
     assert [r[0] for r in table_rows(jobctl(*m, "list-workers").stdout)] == ["NAME", "w0", "w1"]
     assert set(jobctl_json(*m, "list-workers")) == {"w0", "w1"}
 
-    # list-targets
-    assert table_rows(jobctl(*m, "list-targets").stdout) == [
-        ["TARGET", "WORKER", "SLOTS"], ["a", "w0", "2"], ["b", "w1", "high=2,low=1"],
-        ["slow", "w0", "1"],
-    ]  # fmt: skip
-    assert jobctl_json(*m, "list-targets")["b"] == {"w1": {"low": 1, "high": 2}}
+    # targets: every served target with its workers and their slots
+    assert jobctl_json(*m, "targets") == {
+        "a": {"description": "", "workers": {"w0": {"default": 2}}},
+        "b": {"description": "", "workers": {"w1": {"low": 1, "high": 2}}},
+        "slow": {"description": "", "workers": {"w0": {"default": 1}}},
+    }  # fmt: skip
+    out = jobctl(*m, "targets").stdout
+    assert [r[0] for r in table_rows(out)] == ["TARGET", "a", "b", "slow"]
+    assert "w1:high=2,low=1" in out and "w0:2" in out
+    assert jobctl(*m, "list-targets").stdout == out  # the command's former name
 
     # poke: only the serving workers; a target nobody serves is remembered
     (a_job,) = jobs.insert("a")
@@ -148,8 +152,9 @@ def test_worker_commands_in_both_output_modes(jobs, cluster):
         ["a", "default", "no", "2", "0", "0"], ["slow", "default", "no", "1", "0", "0"],
     ]  # fmt: skip
     assert jobctl_json(*w, "status")["name"] == "w0"
-    assert table_rows(jobctl(*w, "list-targets").stdout)[0][:2] == ["TARGET", "SLOT"]
-    assert set(jobctl_json(*w, "list-targets")) == {"a", "slow"}
+    assert [r[0] for r in table_rows(jobctl(*w, "targets").stdout)] == ["TARGET", "a", "slow"]
+    assert jobctl_json(*w, "targets")["a"]["workers"] == {"w0": {"default": 2}}
+    assert set(jobctl_json(*w, "targets")) == {"a", "slow"}
 
     (job,) = jobs.insert("a")
     assert jobctl(*w, "poll", "a").stdout == "polling: a\n"

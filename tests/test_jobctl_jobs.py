@@ -19,7 +19,7 @@ import pytest
 from test_jobctl import jobctl, jobctl_json, table_rows
 
 from jobctl.times import parse_duration, parse_since, parse_time
-from jobd.catalog import PURGE_BATCH, CatalogQueries
+from jobd.store.catalog import PURGE_BATCH, CatalogQueries
 
 from conftest import Daemon, free_port, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 
 from jobd.config import LauncherConfig
 from jobd.jobs import Job, Outcome
-from jobd.launcher import Launcher, LaunchError
+from jobd.worker.launcher import Launcher, LaunchError
 
 
 def test_a_job_inherits_no_descriptor_of_the_worker(jobs, start_worker):
@@ -74,7 +74,7 @@ async def test_exit_is_seen_without_pidfds(monkeypatch, cwd):
     done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
     running = launcher.start(Job(7, "t", "default"), done.set_result)
     outcome = await asyncio.wait_for(done, 10)
-    assert (outcome.result, outcome.return_code, outcome.sig) == ("fail", 3, None)
+    assert (outcome.result, outcome.code, outcome.signal) == ("fail", 3, None)
     assert outcome.stdout == "out 7\n"
     assert outcome.stderr.startswith("err\n")
     if cwd is not None:

@@ -65,16 +65,26 @@ def test_busy_address_exits_2(start_master, tmp_path: Path):
     assert done.returncode == 2 and f"cannot listen on {master.address}" in done.stderr
 
 
-def test_sighup_reloads_the_config(start_master):
+def test_sighup_applies_a_valid_config_and_refuses_one_that_needs_a_restart(start_master):
     master = start_master(ping_interval=0.3)
     config = yaml.safe_load(master.config_path.read_text())
-    config.update(ping_interval=0.7, listen=f"tcp://127.0.0.1:{free_port()}")
-    master.config_path.write_text(yaml.safe_dump(config))
+    master.config_path.write_text(yaml.safe_dump({**config, "ping_interval": 0.7}))
     master.signal(signal.SIGHUP)
     wait_for(lambda: master.request("status")["ping_interval"] == 0.7, 5, "new interval")
-    assert "a new listen address takes effect at the next restart" in master.log()
+    assert master.request("status")["reloads"] == {"applied": 1, "refused": 0, "error": None}
+
+    # A new listen address needs a restart: the whole reload is refused, as a worker's is.
+    moved = {**config, "ping_interval": 0.9, "listen": f"tcp://127.0.0.1:{free_port()}"}
+    master.config_path.write_text(yaml.safe_dump(moved))
+    master.signal(signal.SIGHUP)
+    wait_for(lambda: master.request("status")["reloads"]["refused"] == 1, 5, "the refusal")
+    status = master.request("status")
+    assert status["reloads"]["error"] == "listen cannot change on reload; restart jobd-master"
+    assert status["ping_interval"] == 0.7 and status["listen"] == master.address
 
     master.config_path.write_text("ping_interval: soon\n")
     master.signal(signal.SIGHUP)
-    wait_for(lambda: "reload failed, keeping the running config" in master.log(), 5, "refusal")
-    assert master.request("status")["ping_interval"] == 0.7
+    wait_for(lambda: master.request("status")["reloads"]["refused"] == 2, 5, "the refusal")
+    status = master.request("status")
+    assert "ping_interval: expected a number" in status["reloads"]["error"]
+    assert status["ping_interval"] == 0.7

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from jobd.rpc import NoAnswer
+from jobd.wire.endpoint import NoAnswer
 from jobd_master.polls import PollFlow
 
 

@@ -13,8 +13,9 @@ import zmq.asyncio
 
 from jobd import __version__
 from jobd.client import AsyncJobd
-from jobd.master_link import routing_id
-from jobd.protocol import (
+from jobd.wire.dispatch import Dispatcher
+from jobd.wire.endpoint import Endpoint, bind_router, configure_socket
+from jobd.wire.protocol import (
     MASTER_REQUESTS,
     WORKER_REQUESTS,
     ErrorCode,
@@ -23,7 +24,7 @@ from jobd.protocol import (
     RequestType,
     check_names,
 )
-from jobd.rpc import Dispatcher, Endpoint, bind_router, configure_socket
+from jobd.worker.master_link import routing_id
 
 from conftest import free_port
 

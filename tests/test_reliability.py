@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from jobd.launcher import find_leftovers
+from jobd.worker.leftovers import find_leftovers
 
 from conftest import wait_for, wait_idle
 from tcp_proxy import TcpProxy

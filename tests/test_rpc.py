@@ -13,9 +13,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from jobd import protocol
-from jobd.protocol import RequestError
-from jobd.rpc import Dispatcher, Endpoint, NoAnswer, configure_socket
+from jobd.wire import protocol
+from jobd.wire.dispatch import Dispatcher
+from jobd.wire.endpoint import Endpoint, NoAnswer, configure_socket
+from jobd.wire.protocol import RequestError
 
 
 def echo_server(box: list[int], stop: threading.Event) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobd.protocol import RequestError
+from jobd.wire.protocol import RequestError
 
 from conftest import wait_for
 

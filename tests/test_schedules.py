@@ -10,7 +10,8 @@ import time
 import pytest
 
 from jobd.cron import Rule
-from jobd.schedules import Scheduler, ScheduleStore
+from jobd.runtime.scheduler import Scheduler
+from jobd.store.schedules import ScheduleStore
 
 
 @pytest.fixture

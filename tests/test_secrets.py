@@ -24,7 +24,7 @@ from zmq.utils import z85
 
 from jobctl.cli import main as jobctl_main
 from jobd.client import ClientCurve, NoAnswer, RequestError, call
-from jobd.curve import make_client
+from jobd.wire.curve import make_client
 
 from conftest import Database, wait_for
 from tcp_proxy import TcpProxy
@@ -186,8 +186,8 @@ def test_no_secret_in_logs_replies_or_rows(
     worker.signal(signal.SIGHUP)
     master.config_path.write_text("listen: [\n")
     master.signal(signal.SIGHUP)
-    wait_for(lambda: "reload refused" in worker.log(), 5, "the worker's refusal")
-    wait_for(lambda: "reload failed" in master.log(), 5, "the master's refusal")
+    wait_for(lambda: worker.request("status")["reloads"]["refused"] == 1, 5, "worker refusal")
+    wait_for(lambda: master.request("status")["reloads"]["refused"] == 1, 5, "master refusal")
 
     # jobctl's database errors: a wrong password, the right one on a missing table.
     wrong = url(db_user, WRONG, db.port, db.database)

@@ -11,13 +11,13 @@ import threading
 
 import pytest
 
-from jobd import protocol
 from jobd.config import DatabaseURL, TargetConfig
 from jobd.jobs import Job
-from jobd.launcher import OutputBuffer, signal_name
-from jobd.logs import Formatter, TurnHandler
-from jobd.protocol import RequestError
-from jobd.queues import SlotQueue, TargetQueue
+from jobd.runtime.logs import Formatter, TurnHandler
+from jobd.wire import protocol
+from jobd.wire.protocol import RequestError
+from jobd.worker.launcher import OutputBuffer, signal_name
+from jobd.worker.queues import SlotQueue, TargetQueue
 
 
 def test_request_validation_cleans_data():

@@ -1,0 +1,118 @@
+"""The scheduler of recurring schedules, as both daemons run it: jobd-master with a
+database, and workers with `scheduler: true`.  Each fire time makes one job row however
+many schedulers run (see jobd.store.schedules), and each fire pokes the schedule's target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from jobd.config import DatabaseURL
+from jobd.cron import due_fires
+from jobd.runtime.backoff import Backoff
+from jobd.store.pool import StorageError
+from jobd.store.schedules import ScheduleStore
+
+log = logging.getLogger("jobd.scheduler")
+
+#: Seconds between checks for a missing schedules table.
+MISSING_TABLE_RETRY = 30.0
+
+
+class Scheduler:
+    """Fires due schedules and pokes their targets; runs in the master (and in workers
+    with `scheduler: true`)."""
+
+    #: Longest sleep between looks at the table, so new schedules are seen soon.
+    MAX_SLEEP = 1.0
+
+    def __init__(self, store: ScheduleStore, poke: Callable[[list[str]], None]) -> None:
+        self.store = store
+        self.poke = poke
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick(time.time())
+                wakeup = await self.store.next_wakeup()
+            except StorageError as exc:
+                log.warning("scheduler: %s", exc)
+                wakeup = None
+            pause = self.MAX_SLEEP if wakeup is None else wakeup - time.time()
+            await asyncio.sleep(min(max(pause, 0.01), self.MAX_SLEEP))
+
+    async def tick(self, now: float) -> list[int]:
+        """Fire every due schedule once; returns the ids of the jobs created."""
+        created: list[int] = []
+        targets: set[str] = set()
+        for schedule in await self.store.due(now):
+            assert schedule.next_fire is not None
+            try:
+                fires, upcoming = due_fires(
+                    schedule.rule, schedule.next_fire, now, schedule.catch_up
+                )
+            except ValueError as exc:  # e.g. a time zone that went away
+                log.error("schedule %s: %s", schedule.name, exc)
+                continue
+            jobs = await self.store.fire(schedule, fires, upcoming)
+            if jobs:
+                log.info("schedule %s fired: jobs %s", schedule.name, jobs)
+                targets.add(schedule.target)
+            elif not fires:
+                log.info("schedule %s: missed fire times skipped", schedule.name)
+            created += jobs
+        if targets:
+            self.poke(sorted(targets))
+        return created
+
+
+async def run_scheduler(
+    url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
+) -> None:
+    """The scheduler of a daemon (`who`: "jobd-master", "worker w1"), until cancelled.
+
+    The daemon runs without its schedules rather than not at all: a database that is
+    away is retried with backoff, a missing schedules table every 30 s."""
+    store = ScheduleStore(url, table, pool_size=1)
+    backoff = Backoff()
+    try:
+        while True:
+            try:
+                await store.connect()
+                present = await store.has_table()
+            except StorageError as exc:
+                await store.close()
+                delay = backoff.next()
+                log.warning("scheduler: database not ready, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                continue
+            if present:
+                break
+            await store.close()
+            log.error(
+                "scheduler: table %s_schedules does not exist in %s (see schema.sql);"
+                " looking again in %g s", table, url.redacted(), MISSING_TABLE_RETRY,
+            )  # fmt: skip
+            await asyncio.sleep(MISSING_TABLE_RETRY)
+        log.info("scheduler of %s runs the schedules of %s_schedules", who, table)
+        await Scheduler(store, poke).run()
+    finally:
+        await store.close()
+
+
+def start_scheduler(
+    url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
+) -> asyncio.Task[None]:
+    """The scheduler of a daemon as a task of its own; if it fails, the daemon runs on
+    without its schedules and says so."""
+    task = asyncio.create_task(run_scheduler(url, table, poke, who), name="scheduler")
+    task.add_done_callback(_scheduler_ended)
+    return task
+
+
+def _scheduler_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the scheduler failed; schedules are off", exc_info=task.exception())

@@ -1,0 +1,149 @@
+"""Running the jobd worker as a process: bind, connect, serve, stop on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import zmq
+import zmq.asyncio
+
+from jobd import __version__
+from jobd.config import WorkerConfig, load_worker_config
+from jobd.runtime.backoff import Backoff
+from jobd.runtime.command import StartupError, listen, load_curve
+from jobd.runtime.reload import reload_config
+from jobd.runtime.scheduler import start_scheduler
+from jobd.runtime.systemd import notify_systemd, watchdog
+from jobd.store.jobstore import REQUIRED_COLUMNS, JobStore, StorageError
+from jobd.wire import protocol
+from jobd.wire.curve import Authenticator
+from jobd.wire.dispatch import Dispatcher
+from jobd.wire.endpoint import Endpoint
+from jobd.worker.leftovers import prepare_worker_process
+from jobd.worker.master_link import MasterLink
+from jobd.worker.worker import RESTART_KEYS, Worker
+
+log = logging.getLogger("jobd")
+
+
+def reload_worker(worker: Worker, auth: Authenticator | None = None) -> None:
+    """SIGHUP: the one reload policy of both daemons (jobd.runtime.reload)."""
+    new = reload_config(
+        worker.config, load_worker_config, RESTART_KEYS, "jobd", worker.apply_config,
+        worker.reloads, auth,
+    )  # fmt: skip
+    if new is not None:
+        log.info("reloaded %s: targets %s", new.path, ", ".join(new.targets) or "none")
+
+
+def start_worker_scheduler(
+    config: WorkerConfig, worker: Worker, link: MasterLink | None
+) -> asyncio.Task[None] | None:
+    """`scheduler: true`: run the schedules here as well (the master runs them too; each
+    fire time still makes one job).  A fire polls this worker at once and, through the
+    master, the other workers serving the target."""
+    if not config.scheduler:
+        return None
+
+    def poke(targets: list[str]) -> None:
+        worker.claimer.want(targets)
+        if link is not None:
+            link.poke(targets)
+
+    return start_scheduler(config.database, config.table, poke, f"worker {config.name}")
+
+
+async def check_database(store: JobStore) -> None:
+    """Raise StartupError unless the table has every column jobd needs."""
+    missing = await store.missing_columns()
+    if len(missing) == len(REQUIRED_COLUMNS):
+        raise StartupError(f"table {store.table_name} does not exist in {store.url.redacted()}")
+    if missing:
+        raise StartupError(f"table {store.table_name} lacks columns: {', '.join(missing)}")
+
+
+async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
+    """Connect to the database, retrying with backoff when `retry` (the daemon waits
+    for a database that is starting; --check does not)."""
+    store = JobStore(config.database, config.table, config.name)
+    backoff = Backoff()
+    while True:
+        try:
+            await store.connect()
+            await check_database(store)
+            await store.detect_skip_locked()
+            return store
+        except StorageError as exc:
+            await store.close()
+            if not retry:
+                raise StartupError(str(exc)) from None
+            delay = backoff.next()
+            log.warning("database not ready, retrying in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+        except StartupError:
+            await store.close()
+            raise
+
+
+async def run_worker(config: WorkerConfig) -> int:
+    prepare_worker_process()
+    curve = load_curve(config.curve)
+    ctx = zmq.asyncio.Context()
+    sock, auth = listen(ctx, config.listen, curve)
+    store = await connect_store(config, retry=True)
+    worker = Worker(config, store)
+    await worker.recover()
+    endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
+    endpoint.start()
+    worker.start()
+    master_curve = curve.master if curve else None
+    link = MasterLink(worker, config.master, ctx, master_curve) if config.master else None
+    if link is not None:
+        link.start()
+    scheduler = start_worker_scheduler(config, worker, link)
+    log.info(
+        "jobd %s worker %s listening on %s%s, database %s, targets %s",
+        __version__, config.name, config.listen, " (CURVE)" if curve else "",
+        config.database.redacted(), ", ".join(config.targets) or "none",
+    )  # fmt: skip
+    notify_systemd("READY=1")
+    watchdog_task = watchdog()
+
+    stop = asyncio.Event()
+    fast = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.info(
+                "%s: stopping; running jobs may finish for %g s", name, config.shutdown_timeout
+            )
+            stop.set()
+        else:
+            log.warning("%s again: stopping running jobs now", name)
+            fast.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, reload_worker, worker, auth)
+    worker.on_crash = stop.set
+    await stop.wait()
+    notify_systemd("STOPPING=1")
+    if scheduler is not None:
+        scheduler.cancel()
+        await asyncio.gather(scheduler, return_exceptions=True)
+    if link is not None:
+        await link.close()  # the master stops routing to us while running jobs finish
+    await worker.stop(fast)
+    if watchdog_task is not None:
+        watchdog_task.cancel()
+    await endpoint.close()
+    await store.close()
+    if auth is not None:
+        auth.stop()
+    ctx.term()
+    log.info("stopped")
+    return 1 if worker.crashed else 0
