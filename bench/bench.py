@@ -129,7 +129,7 @@ def parse_args() -> argparse.Namespace:
     args.ceiling_jobs = args.ceiling_jobs or args.jobs
     if args.compare is not None:
         args.compare = str(Path(args.compare).resolve())  # a string: saved with the options
-        if not Path(args.compare, "jobd", "worker.py").is_file():
+        if not Path(args.compare, "jobd", "__init__.py").is_file():
             parser.error(f"--compare: no jobd checkout at {args.compare}")
     args.phases = PHASES if not args.only else tuple(args.only.split(","))
     unknown = set(args.phases) - set(PHASES)
@@ -443,7 +443,7 @@ def main() -> int:
     }
     try:
         results["floors"] = {
-            "worker": imports_rss_mb("jobd.cli"),
+            "worker": imports_rss_mb("jobd.worker.cli"),
             "master": imports_rss_mb("jobd_master.cli"),
         }
         if "ceiling" in args.phases:  # before the database exists: nothing else of ours runs

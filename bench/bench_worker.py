@@ -6,7 +6,7 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    times at --concurrency, each with stdin from /dev/null, stdout and stderr piped and
    read, in a new session, through each of three spawn paths: asyncio's
    `create_subprocess_exec` with Python 3.11's default child watcher (a thread per child),
-   the same with the pidfd watcher, and jobd's own launcher (`jobd.launcher.Launcher`:
+   the same with the pidfd watcher, and jobd's own launcher (`jobd.worker.launcher.Launcher`:
    posix_spawn, pipes read by the event loop, a pidfd) with no database, no claims and no
    logging around it.  The ceiling is the fastest of the three; the faster asyncio figure
    is kept as well (it is the yardstick the issue names).  Then the spawn latency floor,
@@ -45,7 +45,7 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    least-squares slope of the samples of the second half of the run, in MB per 10,000
    jobs; flat means no leak.  Every job of the worker must end done/ok after exactly one
    start, or the run fails.  The floor is a Python process that has only imported the
-   worker's entry module (`jobd.cli`).
+   worker's entry module (`jobd.worker.cli`).
 
 5. Latency: jobd-master, and a worker registered with it whose launcher is
    `/bin/date +%s%N` (its stdout is written to the row).  6 x --latency-jobs jobs, one at
@@ -70,12 +70,11 @@ worker and through jobd-master.  Run it through bench.py, which prints the table
    HEAD~1`), a second worker runs that checkout's jobd package (same interpreter, same
    dependencies), registered with the same master for a target of its own, and two more
    ways join the turn: straight to it and through the master, naming the job when that
-   build takes ids (jobd 0.2 or newer, by its `ping`), else by target.  The host's speed drifts
-   by up to a third from one run to the next, far more than most changes move the
-   latency; taken in turn, both builds meet the same machine, job after job.  The two
-   builds swap places every other round, so each follows the floor as often: the step
-   before a job moves its start (by 0.12 ms here, in a fixed order), and two copies of
-   the same build then agree within 0.08 ms (p50 over 400 jobs a path).
+   build takes ids (jobd 0.2 or newer, by its `ping`), else by target.  The host's speed
+   drifts from one run to the next, far more than most changes move the latency; taken in
+   turn, both builds meet the same machine, job after job.  The two builds swap places
+   every other round, so each follows the floor as often: the step before a job moves
+   its start (bench/README.md has what an A/A run of two copies of one build showed).
 """
 
 from __future__ import annotations
@@ -184,7 +183,7 @@ async def spawn_asyncio(argv: list[str]) -> bytes:
 
 
 def jobd_spawner() -> Callable[[list[str]], Awaitable[bytes]]:
-    """jobd's own spawn path with nothing else around it: `jobd.launcher.Launcher` (what a
+    """jobd's own spawn path with nothing else around it: `jobd.worker.launcher.Launcher` (what a
     worker runs for each job), here with no database, no claims and no logging."""
     prepare_worker_process()  # as the worker does before its first job (stdin: /dev/null)
     launchers: dict[str, Launcher] = {}
@@ -508,7 +507,7 @@ def cpu_per_job(
 # --- latency --------------------------------------------------------------------
 
 
-#: What a worker's claim of one row sends, in its two round trips (jobd.storage).
+#: What a worker's claim of one row sends, in its two round trips (jobd.store.jobstore).
 FLOOR_SELECT = "START TRANSACTION; " + Queries.select_claimable.format(
     t="jobs", free="'default'", known="'default'", lock="FOR UPDATE SKIP LOCKED"
 )
@@ -578,14 +577,14 @@ async def floor_start(
 
 #: Seconds after the poll's (or poke's) reply before the benchmark first reads the row: its
 #: own queries would otherwise compete with the claim and the spawn they time (a job
-#: starts 3 to 6 ms after its INSERT here).
+#: starts a few milliseconds after its INSERT).
 OBSERVE_AFTER = 0.01
 #: The pause after each latency job, before the next one's INSERT.
 IDLE_BETWEEN_JOBS = 0.01
 
 
 def _python_steps() -> int:
-    """A fixed piece of pure Python work (5 to 9 µs on this host when busy)."""
+    """A fixed piece of pure Python work of a few microseconds."""
     total = 0
     for i in range(200):
         total += i * i
@@ -595,8 +594,8 @@ def _python_steps() -> int:
 def idle_slowdown(idle: float = IDLE_BETWEEN_JOBS, count: int = 300) -> dict[str, float]:
     """How much slower the same Python steps run right after `idle` seconds of sleep (as
     each latency job's steps do: every process on its path was idle between jobs) than
-    back to back: p50 µs of each, and their ratio.  On this host's virtual CPUs it is
-    several times, which every step of a job's start pays."""
+    back to back: p50 µs of each, and their ratio.  On virtual CPUs that wake slowly it is
+    well above 1, which every step of a job's start pays."""
 
     def timed(pause: float) -> float:
         times = []

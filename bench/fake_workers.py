@@ -5,7 +5,7 @@ registered with jobd-master as a worker of its own.
 
 Each fake worker does what jobd/master_link.py does on the wire, with the same code: a
 DEALER socket whose identity is NAME/RANDOM (master_link.routing_id), connected to the
-master, answering the master's requests with jobd.rpc.Endpoint and Dispatcher over the
+master, answering the master's requests with jobd.wire.endpoint and jobd.wire.dispatch over the
 protocol's own request table, and registering with `register-worker` (its targets, each
 one slot `default` of concurrency 1, from the assignment file: {name: [target, ...]}).
 It answers `ping` and `poll`; any other request gets an error.  It runs no jobs and has

@@ -309,7 +309,7 @@ def worker_daemon(
 ) -> Daemon:
     """A `python -m jobd` worker as in production (log level info) except that it never
     polls by itself (poll_interval 0): every claim of a run is one the benchmark asked
-    for.  Its database password travels in JOBD_DATABASE_URL, as the README advises.
+    for.  Its database password travels in JOBD_DATABASE_URL, as docs/configuration.md advises.
     `code`: a checkout whose jobd package it runs instead of this one's (--compare)."""
     address = f"tcp://127.0.0.1:{free_port()}"
     config: dict[str, Any] = {

@@ -5,7 +5,7 @@
     jobctl --worker tcp://web-2:7080 pause video
     jobctl --json --master tcp://10.0.0.5:7081 list-workers
 
-Requests are validated with the protocol's own tables (jobd.protocol) before they are
+Requests are validated with the protocol's own tables (jobd.wire.protocol) before they are
 sent, and sent with jobd.client: jobctl has no second copy of either.
 """
 

@@ -1,7 +1,7 @@
 """jobctl's commands on the jobs table: add, wait, jobs, show, stats, targets, purge.
 
-They are thin over jobd.client's job API (`Jobd`): the SQL is in jobd.catalog, the
-waiting in jobd.waiting.  The database comes from --database, JOBD_DATABASE_URL or
+They are thin over jobd.client's job API (`Jobd`): the SQL is in jobd.store.catalog,
+the waiting in jobd.api.waiting.  The database comes from --database, JOBD_DATABASE_URL or
 `database:` of ~/.jobctl.yaml; the daemon (--master, the default, or --worker) is
 poked and relays the job events.
 

@@ -74,7 +74,7 @@ class CallbackConfig:
 @dataclass(frozen=True)
 class CurveConfig:
     """Paths of the CURVE keys (docs/curve.md); all None: CURVE is off.  The keys
-    themselves are read by jobd.curve when the daemon starts, never kept here."""
+    themselves are read by jobd.wire.curve when the daemon starts, never kept here."""
 
     secret_key_file: str | None = None  # this daemon's key pair (.key_secret)
     authorized_keys: str | None = None  # directory of the allowed peers' public .key files

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 # The master speaks no TLS (CURVE is ZeroMQ's own, over libsodium), yet asyncio imports
-# ssl, which maps OpenSSL: about 5 MB of a master that should fit in 30 MB with a hundred
-# workers.  With ssl marked missing, asyncio (and pymysql, for the scheduler's database)
-# go on without it, as they do on a Python built without OpenSSL.
+# ssl, which maps OpenSSL: megabytes of a daemon meant to stay small.  With ssl marked
+# missing, asyncio (and pymysql, for the scheduler's database) go on without it, as they
+# do on a Python built without OpenSSL.
 sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
 from jobd.config import DEFAULT_MASTER_CONFIG, MasterConfig, load_master_config  # noqa: E402

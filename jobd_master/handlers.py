@@ -113,7 +113,7 @@ class MasterHandlers:
     # --- clients --------------------------------------------------------------------
 
     def poke(self, data: dict[str, Any]) -> Any:
-        """A plain handler (answered as read, see rpc.Dispatcher.start): most polls go out
+        """A plain handler (answered as read, see jobd.wire.dispatch): most polls go out
         at once, and then so does the reply, with no task and no turn of the event loop."""
         sent, unserved = self.master.poke(data["targets"], data["ids"])
         waiting = [f for f in sent.values() if not f.done()]

@@ -165,6 +165,21 @@ class Harness:
         )
 
 
+def hold_claims(store: MemoryStore) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the store's claims wait: `entered` is set when one begins, and it goes on
+    once `leave` is set."""
+    entered, leave = asyncio.Event(), asyncio.Event()
+    claim_jobs = store.claim_jobs
+
+    async def held_claim(*args: Any) -> Claim:
+        entered.set()
+        await leave.wait()
+        return await claim_jobs(*args)
+
+    store.claim_jobs = held_claim  # type: ignore[method-assign]
+    return entered, leave
+
+
 async def until(predicate: Callable[[], Any], what: str, timeout: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -276,15 +291,7 @@ async def test_a_failed_claim_by_id_makes_the_next_claim_release_first(harness):
 async def test_a_target_polled_while_a_claim_is_in_flight_stays_wanted(harness):
     h = harness()
     h.store.add("t")
-    entered, leave = asyncio.Event(), asyncio.Event()
-    claim_jobs = h.store.claim_jobs
-
-    async def slow_claim(*args: Any) -> Claim:
-        entered.set()
-        await leave.wait()
-        return await claim_jobs(*args)
-
-    h.store.claim_jobs = slow_claim  # type: ignore[method-assign]
+    entered, leave = hold_claims(h.store)
     h.run()
     h.claimer.poll(["t"])
     await entered.wait()
@@ -368,15 +375,7 @@ async def test_a_paused_target_is_not_claimed_until_continued(harness):
 async def test_jobs_claimed_while_stopping_are_given_back(harness):
     h = harness()
     (job,) = h.store.add("t")
-    entered, leave = asyncio.Event(), asyncio.Event()
-    claim_jobs = h.store.claim_jobs
-
-    async def slow_claim(*args: Any) -> Claim:
-        entered.set()
-        await leave.wait()
-        return await claim_jobs(*args)
-
-    h.store.claim_jobs = slow_claim  # type: ignore[method-assign]
+    entered, leave = hold_claims(h.store)
     h.run()
     h.claimer.poll(["t"])
     await entered.wait()

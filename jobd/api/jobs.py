@@ -94,7 +94,7 @@ class AsyncJobd(ScheduleMethods):
     # --- connections --------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the database pool (raises jobd.db.StorageError); daemons are reached on
+        """Open the database pool (raises jobd.store.pool.StorageError); daemons are reached on
         first use."""
         await self.catalog.connect()
 

@@ -38,12 +38,11 @@ class Queries:
     # same round trip): what a claim sends while purge is behind (see claim_jobs).  A row
     # that leaves 'waiting' leaves its entry in claim_idx behind until purge removes it,
     # and a locking read pays for every entry it passes (a lock check each) where a plain
-    # read skips old ones for far less (behind a stopped purge: 339 pages touched against
-    # 60,135; entries only just left behind cost it nearly as much as the locking read,
-    # which is why this is not the claim of every day).  With no row found, the
-    # variables keep what an earlier claim of the connection left (NULL at first): the
-    # locking read then takes only rows that became claimable after the plain read, if
-    # any, as it would with NULL (none).  Either is right: such a row is left for the
+    # read skips old ones for far less (entries only just left behind cost it nearly as
+    # much as the locking read, which is why this is not the claim of every day).  With
+    # no row found, the variables keep what an earlier claim of the connection left (NULL
+    # at first): the locking read then takes only rows that became claimable after the
+    # plain read, if any, as it would with NULL (none).  Either is right: such a row is left for the
     # claim after, as one committed just after this claim would be (its poll follows).
     find_first_claimable = (
         "SELECT priority, id INTO @jobd_priority, @jobd_id" + claimable +

@@ -249,7 +249,7 @@ def _one_of(*choices: str) -> Check:
 
 
 #: The fields of a job event: (check, required).  Workers send them in job-events and
-#: the master publishes them unchanged (README, "Job events").
+#: the master publishes them unchanged (docs/features.md, "Job events").
 EVENT_FIELDS: dict[str, tuple[Check, bool]] = {
     "event": (_one_of(*EVENT_KINDS), True),
     "id": (check_job_id, True),

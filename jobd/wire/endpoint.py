@@ -141,7 +141,7 @@ class Endpoint:
         request_envelope.set(tuple(envelope))
         # Checked here, before the next message is read: only the clean data lives on in
         # the task, so a burst of big messages never holds more than one decoded at once
-        # (a 1 MiB message can decode to 60 MiB of objects).
+        # (a message decodes to many times its size in objects).
         parsed = self.dispatcher.parse(message)
         del message
         if isinstance(parsed, dict):
@@ -344,7 +344,7 @@ def bind_router(
     # Replies are sent now or never (Endpoint._send_now), and one poll sent can settle
     # thousands of pokes in one turn: a peer's queue holds the replies of as many
     # requests as the daemon works on at once, so only a peer that does not read loses
-    # them (ZeroMQ's default, 1,000, dropped some of a client's burst of 10,000 pokes).
+    # them (ZeroMQ's default high-water mark is far below a burst of pokes).
     sock.setsockopt(zmq.SNDHWM, MAX_IN_FLIGHT)
     return bind_server(sock, endpoint, curve)
 

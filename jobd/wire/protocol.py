@@ -115,8 +115,8 @@ def _table(*types: RequestType) -> dict[str, RequestType]:
 
 _targets = Field(check_names)  # absent or empty: every target
 # The ids of rows a client has just added to the poked targets (absent: none named): a
-# hint, which a worker with a free place for each takes to claim them by id (see the
-# README, "Pokes that name their jobs").
+# hint, which a worker with a free place for each takes to claim them by id (see
+# docs/master.md, "Pokes that name their jobs").
 _named_ids = Field(check_job_ids, default=())
 
 WORKER_REQUESTS: dict[str, RequestType] = _table(

@@ -21,16 +21,17 @@ PREFETCH_HORIZON = 0.1
 #: then claimed in batches of several dozen: much of what a claim costs the server is
 #: per claim, not per row (its locking read passes the entries of the rows claimed
 #: before, until purge removes them), so MariaDB's CPU and the statements a job fall
-#: as claims grow (the README's Performance section, step 6).
+#: as claims grow (bench/README.md, "Claiming further ahead").
 ROUNDS_AHEAD = 8
 #: "About to start": of the jobs claimed ahead, those expected to start within this many
 #: seconds are claimed straight to 'running' too.  For very short jobs that saves a
 #: mark_running statement (and its commit) per job; the price is that a worker killed
-#: within that moment counts them as started (see the README, Guarantees).  It spans
+#: within that moment counts them as started (docs/guarantees.md).  It spans
 #: what ROUNDS_AHEAD holds of jobs of a few milliseconds, else the rows claimed ahead
 #: would each need a mark_running of their own after all.
 MARK_HORIZON = 0.03
-#: Recent durations below this count as this much (a job that took 0.1 ms says little).
+#: Recent durations below this count as this much: a clock's reading of a job that short
+#: says little about the next one.
 _MIN_DURATION = 1e-3
 
 
