@@ -56,12 +56,6 @@ class TargetConfig:
     launcher: LauncherConfig | None = None  # this target's own program; None: the global one
     callback_url: str | None = None  # default for jobs of this target without their own
 
-    def retry_delay(self, attempt: int, jitter: float) -> float:
-        """Delay after failed attempt number `attempt` (1-based); jitter in [0, 1) takes
-        up to half of it off, so retries of many jobs that failed together spread out."""
-        delay = min(self.retry_backoff_max, self.retry_backoff * 2 ** (attempt - 1))
-        return delay * (1 - jitter / 2)
-
 
 @dataclass(frozen=True)
 class CallbackConfig:

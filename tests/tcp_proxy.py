@@ -16,7 +16,11 @@ class TcpProxy:
     `hold_answers()` relays what clients send but keeps the server's answers until
     `release()` (a statement that went through, its answer not come yet).  With
     `capture`, every byte relayed (both directions) is kept in `captured`, as an
-    eavesdropper on the wire would see it."""
+    eavesdropper on the wire would see it.
+
+    `client_held` is set once a client has sent something that `hold()` keeps, and
+    `answer_held` once a server has answered something that `hold_answers()` keeps: the
+    moment a statement (or its answer) is stuck here, not just possibly on its way."""
 
     def __init__(self, target: tuple[str, int], capture: bool = False) -> None:
         self.target = target
@@ -29,12 +33,16 @@ class TcpProxy:
         self._threads: list[threading.Thread] = []
         self._held = threading.Event()
         self._answers_held = threading.Event()
+        self.client_held = threading.Event()
+        self.answer_held = threading.Event()
         self.restore()
 
     def hold(self) -> None:
+        self.client_held.clear()
         self._held.set()
 
     def hold_answers(self) -> None:
+        self.answer_held.clear()
         self._answers_held.set()
 
     def release(self) -> None:
@@ -88,7 +96,11 @@ class TcpProxy:
             while True:
                 readable, _, _ = select.select(list(peers), [], [], 1.0)
                 if self._answers_held.is_set():
+                    if b in readable:
+                        self.answer_held.set()
                     readable = [sock for sock in readable if sock is a]  # a: the client
+                if self._held.is_set() and a in readable:
+                    self.client_held.set()
                 if self._held.is_set() or not readable:
                     time.sleep(0.01)  # what came stays in the kernel's buffers
                     continue

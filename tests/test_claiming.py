@@ -6,6 +6,8 @@ import collections
 import time
 from pathlib import Path
 
+import jobd
+
 from conftest import claimed, wait_for, wait_idle
 
 # Appends "start|end <worker> <slot> <id> <ns>" lines; small O_APPEND writes do not interleave.
@@ -111,6 +113,7 @@ def test_one_poll_is_carried_out_as_capacity_frees(jobs, start_worker):
     ids = jobs.insert("t", 5)
     worker.request("poll")  # only one poll: the rest is claimed as jobs finish
     assert all(r["result"] == "ok" for r in jobs.wait_done(ids, timeout=15))
+    assert claimed(worker) == {"by_target": 5, "named": 0}  # no safety poll: poll_interval 0
 
 
 def test_poll_while_full_is_remembered(jobs, start_worker):
@@ -122,7 +125,9 @@ def test_poll_while_full_is_remembered(jobs, start_worker):
     worker.request("poll")  # no room now; must be carried out when the first finishes
     rows = jobs.wait_done([first, second])
     assert [r["result"] for r in rows] == ["ok", "ok"]
-    assert rows[1]["time_started"] >= rows[0]["time_started"]
+    # One place: the second started only once the first had finished.
+    assert rows[1]["time_started"] >= rows[0]["time_finished"] >= rows[0]["time_started"]
+    assert claimed(worker)["by_target"] == 2
 
 
 def test_a_poll_while_one_slot_is_full_is_kept_for_that_slot(jobs, start_worker):
@@ -139,39 +144,55 @@ def test_a_poll_while_one_slot_is_full_is_kept_for_that_slot(jobs, start_worker)
     assert [r["result"] for r in rows] == ["ok", "ok", "ok"]
 
 
-def test_pause_and_continue(jobs, start_worker):
+def test_a_paused_target_claims_none_of_its_polled_rows_until_continued(jobs, start_worker):
     worker = start_worker({"t": 2, "u": 1}, command="/bin/true")
+    wait_idle(worker)
     assert worker.request("pause", {"targets": ["t"]}) == {"targets": ["t"]}
     status = worker.request("status")
     assert status["targets"]["t"]["paused"] is True
     assert status["targets"]["u"]["paused"] is False
     paused_ids = jobs.insert("t", 3)
     (other,) = jobs.insert("u")
-    worker.request("poll")
+    worker.request("poll")  # both targets, rows of both waiting
     jobs.wait_done([other])  # the other target keeps running
-    time.sleep(0.3)
+    # The claims that took u's row and then found u dry had t's rows waiting and t
+    # polled: they passed them over (one job claimed, u's), and the poll of t is kept
+    # for when it continues.
+    status = wait_for(
+        lambda: (s := worker.request("status"))["wanted"] == ["t"] and s, what="u found dry"
+    )
+    assert status["claimed"] == {"by_target": 1, "named": 0}
+    assert status["wanted"] == ["t"]
+    assert status["targets"]["t"]["slots"]["default"]["queued"] == 0
     assert jobs.count("status = 'waiting'") == 3  # nothing of the paused target was taken
-    worker.request("continue", {"targets": ["t"]})
+    assert worker.request("continue", {"targets": ["t"]}) == {"targets": ["t"]}
     assert all(r["result"] == "ok" for r in jobs.wait_done(paused_ids))
     assert worker.request("status")["targets"]["t"]["paused"] is False
+    assert claimed(worker) == {"by_target": 4, "named": 0}  # continue needed no new poll
 
 
-def test_pause_lets_running_jobs_finish(jobs, start_worker):
+def test_pause_lets_running_jobs_finish_and_starts_nothing_in_the_freed_place(jobs, start_worker):
     # The first job runs long enough for the pause to land while it runs, even on a
-    # machine that is slow for a moment.
-    worker = start_worker({"t": 1}, command="sleep 1")
+    # machine that is slow for a moment; u's jobs are instant.
+    command = "sh -c '[ {target} != t ] || sleep 1'"
+    worker = start_worker({"t": 1, "u": 1}, command=command)
     first, second = jobs.insert("t", 2)
     worker.request("poll")
     wait_for(lambda: jobs.row(first)["status"] == "running", 5, "first job running")
-    worker.request("pause")
+    assert worker.request("pause", {"targets": ["t"]}) == {"targets": ["t"]}
     assert jobs.wait_done([first])[0]["result"] == "ok"
-    time.sleep(0.3)
+    # A claim after t's place was freed, with t polled again: it takes u's row only.
+    (other,) = jobs.insert("u")
+    worker.request("poll")
+    jobs.wait_done([other])
+    assert claimed(worker) == {"by_target": 2, "named": 0}  # first, then u's row
     assert jobs.row(second)["status"] == "waiting"
+    assert "t" in worker.request("status")["wanted"]
     worker.request("continue")
     assert jobs.wait_done([second])[0]["result"] == "ok"
 
 
-def test_priority_then_id_order_within_a_slot(jobs, start_worker, tmp_path):
+def test_a_slot_starts_its_jobs_by_priority_then_by_id(jobs, start_worker, tmp_path):
     log = tmp_path / "order"
     worker = start_worker({"t": 1}, command=f"sh -c 'echo {{id}} >> {log}'")
     worker.request("pause")
@@ -183,7 +204,7 @@ def test_priority_then_id_order_within_a_slot(jobs, start_worker, tmp_path):
     assert [int(x) for x in log.read_text().split()] == high + normal + low
 
 
-def test_targets_can_be_added_removed_and_resized(jobs, start_worker):
+def test_targets_added_resized_and_removed_at_run_time(jobs, start_worker):
     worker = start_worker({"t": 1}, command="sleep 1")
     reply = worker.request("add-target", {"target": "new", "slots": {"a": 1, "b": 2}})
     assert reply == {"target": "new", "slots": {"a": 1, "b": 2}}
@@ -201,10 +222,19 @@ def test_targets_can_be_added_removed_and_resized(jobs, start_worker):
     worker.request("poll", {"targets": ["new"]})
     wait_for(lambda: jobs.row(running)["status"] == "running", 5, "a running job")
     reply = worker.request("remove-target", {"target": "new"})
-    assert reply["target"] == "new" and reply["running"] == 1
+    # Slot a has one place and no job of it has finished: nothing was claimed ahead.
+    assert reply == {"target": "new", "released": 0, "running": 1}
     assert jobs.wait_done([running])[0]["result"] == "ok"  # the running job finished
-    assert jobs.row(queued)["status"] == "waiting"  # the rest was never taken or was put back
     assert "new" not in worker.request("status")["targets"]
+    # Its place freed and the worker claimed again (t polled): the removed target's row
+    # stays waiting, never taken.
+    (later,) = jobs.insert("t")
+    worker.request("poll")
+    jobs.wait_done([later])
+    wait_idle(worker)  # t found dry again after its job
+    assert claimed(worker) == {"by_target": 4, "named": 0}  # 2 of b, 1 of a, t's
+    row = jobs.row(queued)
+    assert (row["status"], row["worker"], row["attempts"]) == ("waiting", None, 0)
 
 
 def test_send_signal_reaches_the_job(jobs, start_worker):
@@ -214,17 +244,24 @@ def test_send_signal_reaches_the_job(jobs, start_worker):
     wait_for(lambda: job_id in worker.request("status")["running"], 5, "job running")
     reply = worker.request("send-signal", {"jobs": {job_id: "TERM", 999999: "SIGKILL"}})
     assert reply["jobs"] == {job_id: "SIGTERM"}
-    assert "not running" in reply["errors"][999999]
+    assert reply["errors"] == {999999: "job 999999 is not running on worker w0"}
     row = jobs.wait_done([job_id])[0]
     assert (row["result"], row["sig"]) == ("fail", "SIGTERM")
 
 
-def test_status_reports_the_worker(jobs, start_worker):
+def test_status_reports_identity_uptime_memory_and_every_slot(jobs, start_worker):
+    began = time.monotonic()
     worker = start_worker({"t": 3, "v": {"low": 1, "high": 2}})
     status = worker.request("status")
     assert status["name"] == "w0"
-    assert status["version"]
-    assert status["uptime"] >= 0
+    assert status["version"] == jobd.__version__
+    assert status["pid"] == worker.process.pid
+    # Uptime is the worker's own clock since it started: within the time since the test
+    # launched it, and it moves on.
+    assert 0 < status["uptime"] <= time.monotonic() - began
+    time.sleep(0.05)
+    later = worker.request("status")["uptime"]
+    assert status["uptime"] + 0.049 <= later <= time.monotonic() - began
     assert 5_000_000 < status["rss"] < 500_000_000
     assert status["targets"] == {
         "t": {

@@ -34,7 +34,7 @@ def test_interval_keeps_its_phase():
     assert first_fire(rule, 1000.5) == 1060
 
 
-def test_on_time_fire():
+def test_a_fire_due_now_fires_at_once_and_one_not_yet_due_waits():
     rule = Rule(interval=60)
     fires, upcoming = due_fires(rule, next_fire=1000, now=1000.2, catch_up="skip")
     assert (fires, upcoming) == ([1000], 1060)
@@ -42,7 +42,7 @@ def test_on_time_fire():
 
 
 @pytest.mark.parametrize(("catch_up", "expected"), [("once", [1000 + 600 * 50]), ("skip", [])])
-def test_after_downtime(catch_up, expected):
+def test_fires_missed_while_down_are_caught_up_once_or_skipped(catch_up, expected):
     rule = Rule(interval=600)
     # Down for hours: 51 fire times were missed, the latest 200 s ago (past the grace).
     now = 1000 + 600 * 50 + 200
@@ -71,6 +71,6 @@ def test_long_downtime_does_not_walk_forever():
         (Rule(cron="* * * * *", timezone="Mars/Olympus"), "unknown time zone"),
     ],
 )
-def test_invalid_rules(rule, message):
+def test_an_invalid_rule_is_refused_saying_why(rule, message):
     with pytest.raises(ValueError, match=message):
         rule.validate()

@@ -174,3 +174,27 @@ def test_the_helpers_on_known_cases() -> None:
     ]
     line = "commit cb244b8, `77afb6a`, id 4711, web-1/40718253, deadbeef, utf8mb4, 2026-12-06"
     assert COMMIT_HASH.findall(line) == ["cb244b8", "77afb6a"]
+
+
+# A test named in the prose: `tests/test_x.py::test_y`, or `::test_y` after such a file.
+TEST_REFERENCE = re.compile(r"(tests/[A-Za-z0-9_]+\.py)(?:::(test_\w+))?|(?<![\w/])::(test_\w+)")
+
+
+def test_every_test_the_docs_name_exists():
+    missing = []
+    for path in linked_files():
+        current: str | None = None
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in TEST_REFERENCE.finditer(line):
+                file, name = (
+                    (match.group(1), match.group(2))
+                    if match.group(1)
+                    else (current, match.group(3))
+                )
+                current = file
+                where = f"{rel(path)}:{number}"
+                if file is None or not (ROOT / file).is_file():
+                    missing.append(f"{where}: {file} does not exist")
+                elif name and not re.search(rf"def {name}\(", (ROOT / file).read_text()):
+                    missing.append(f"{where}: {file} has no {name}")
+    assert not missing, "\n".join(missing)

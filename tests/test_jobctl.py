@@ -10,10 +10,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
 
+import jobd
 from jobctl.cli import main, normalize_args
 
 from conftest import Daemon, free_port, jobctl, wait_for
@@ -71,7 +73,7 @@ def test_master_commands_in_both_output_modes(jobs, cluster):
         ["w0", w0.address, "a:2 slow:1"], ["w1", w1.address, "b:high=2,low=1"],
     ]  # fmt: skip
     status = jobctl_json(*m, "status")
-    assert set(status["workers"]) == {"w0", "w1"} and status["version"]
+    assert set(status["workers"]) == {"w0", "w1"} and status["version"] == jobd.__version__
     polled = jobctl_json(*m, "status", "--poll-workers")
     assert polled["workers"]["w1"]["status"]["name"] == "w1"
     assert "RUNNING" in jobctl(*m, "status", "--poll-workers").stdout
@@ -255,21 +257,27 @@ def test_no_answer_exits_3_and_never_hangs(start_worker):
         for command in (["status"], ["pause"], ["run-manual", "--target", "t", "1"]):
             if option == "--worker" and command[0] == "run-manual":
                 command = ["run-manual", "1"]
+            began = time.monotonic()
             result = jobctl("--timeout", "0.3", option, nobody, *command, status=3)
+            # It gave up after its timeout, not before and not much after.
+            assert 0.3 <= time.monotonic() - began < 2.0, command
             assert result.stderr == f"jobctl: no answer from {nobody} within 0.3 s\n"
 
     # A daemon that is there but does not answer (stopped): same, after the timeout.
     worker = start_worker({"t": 1})
     worker.signal(signal.SIGSTOP)
     try:
+        began = time.monotonic()
         result = jobctl("--timeout", "0.5", "--json", "--worker", worker.address, "status",
                         status=3)  # fmt: skip
+        assert 0.5 <= time.monotonic() - began < 2.5
         assert result.stderr == f"jobctl: no answer from {worker.address} within 0.5 s\n"
     finally:
         worker.signal(signal.SIGCONT)
+    assert worker.request("status")["name"] == "w0"  # it answers again once continued
 
 
-def test_the_real_command_line(cluster):
+def test_python_m_jobctl_gives_a_shell_its_exit_statuses_and_streams(cluster):
     """`python -m jobctl` as a process: exit statuses and streams as a shell sees them."""
     master, _, _ = cluster
 

@@ -33,6 +33,16 @@ class FakeWorker:
         reply.set_exception(exc) if exc else reply.set_result(None)
 
 
+async def settled(condition, turns: int = 100) -> None:
+    """Until `condition()` holds, giving the event loop up to `turns` turns (a reply's
+    callbacks run in the turn after it is set)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not settled")
+
+
 async def test_first_poke_goes_at_once_and_the_rest_is_coalesced():
     worker = FakeWorker()
     flow = PollFlow("w", worker.request, lambda t, e: worker.failed.append((t, e)))
@@ -41,16 +51,20 @@ async def test_first_poke_goes_at_once_and_the_rest_is_coalesced():
     assert worker.sent == [["a"]]
 
     later = [flow.poll([t]) for t in ["b", "a", "c"] * 1000]
+    # Each poke is decided as it comes (PollFlow has no timer): gathered for the next poll.
+    assert flow.pending == {"a", "b", "c"} and worker.sent == [["a"]]
+    # A fake's loop has no event to wait for while a poll is in flight: 10 ms of it, and
+    # still one poll in flight at a time.
     await asyncio.sleep(0.01)
-    assert worker.sent == [["a"]] and not later[0].done()  # one poll in flight at a time
+    assert worker.sent == [["a"]] and not later[0].done()
 
     worker.answer()
     assert all(await asyncio.gather(*later))
     assert worker.sent == [["a"], ["a", "b", "c"]]  # 3,000 pokes, one more poll
-    assert flow.sent == 2
+    assert flow.sent == 2 and flow.pending == set()
 
     worker.answer(NoAnswer("gone"))  # a failed poll is reported with its targets
-    await asyncio.sleep(0.01)
+    await settled(lambda: worker.failed)
     assert [t for t, _ in worker.failed] == [["a", "b", "c"]]
     assert await flow.poll(["d"]) is True and worker.sent[-1] == ["d"]
     await flow.close()
@@ -73,7 +87,6 @@ async def test_a_poll_the_socket_refuses_is_reported_and_the_next_poke_tries_aga
     assert refused.done() and refused.result() is False
     assert [t for t, _ in worker.failed] == [["a"]]
     worker.refuse = False
-    await asyncio.sleep(0)
     assert await flow.poll(["b"]) is True and worker.sent == [["b"]]
     await flow.close()
 

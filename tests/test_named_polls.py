@@ -50,14 +50,24 @@ def endpoint(sock: zmq.asyncio.Socket, table: dict[str, RequestType], **handlers
 
 def test_the_master_names_rows_only_to_workers_that_take_ids(jobs, start_master):
     master = start_master()
-    polls = asyncio.run(poke_old_and_new_workers(master, jobs))
-    assert polls == {"old": [{"targets": ["t"]}], "new": [{"targets": ["t"], "ids": [7]}]}
-    assert "poll of t failed" not in master.log()
+    polls, status = asyncio.run(poke_old_and_new_workers(master, jobs))
+    assert polls == {
+        "old": [{"targets": ["t"]}, {"targets": ["t"]}],
+        "new": [{"targets": ["t"], "ids": [7]}, {"targets": ["t"], "ids": ()}],  # none named
+    }
+    # A poll that failed (the old worker refusing `ids`) would have left t remembered for
+    # the next worker; the second polls went out only once the first were answered.
+    assert status["remembered"] == []
+    assert {name: w["polls_sent"] for name, w in status["workers"].items()} == {
+        "old": 2, "new": 2,
+    }  # fmt: skip
 
 
-async def poke_old_and_new_workers(master, jobs) -> dict[str, list[dict[str, Any]]]:
+async def poke_old_and_new_workers(master, jobs) -> tuple[dict[str, list[dict]], dict]:
     """Two workers on raw sockets, of jobd 0.1 and of this version, registered for t; a
-    poke naming a row: the polls each received."""
+    poke naming a row, then one naming none: the polls each received, and the master's
+    status once each had both (a worker's next poll goes out only once its last poll is
+    answered or has failed)."""
     ctx = zmq.asyncio.Context()
     polls: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     workers = []
@@ -80,16 +90,25 @@ async def poke_old_and_new_workers(master, jobs) -> dict[str, list[dict[str, Any
             await workers[-1].request("register-worker", registration, timeout=5)
         async with AsyncJobd(jobs.db.url_string, table=jobs.table, master=master.address) as jobd:
             reply = await jobd.poke(["t"], [7])
-        assert sorted(reply["workers"]) == ["new", "old"]
-        for _ in range(100):
-            if polls["old"] and polls["new"]:
-                break
-            await asyncio.sleep(0.02)
-        return polls
+            assert sorted(reply["workers"]) == ["new", "old"]
+            await until(lambda: polls["old"] and polls["new"])
+            reply = await jobd.poke(["t"])
+            assert sorted(reply["workers"]) == ["new", "old"]
+            await until(lambda: len(polls["old"]) == len(polls["new"]) == 2)
+        status = await workers[0].request("status", {"poll_workers": False}, timeout=5)
+        return polls, status
     finally:
         for worker in workers:
             await worker.close()
         ctx.term()
+
+
+async def until(condition: Any, timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out waiting for the polls")
 
 
 async def test_the_client_pokes_again_without_ids_a_daemon_that_refuses_them(jobs):

@@ -76,8 +76,16 @@ async def test_send_request_hands_over_at_once_or_says_why_not():
         with pytest.raises(NoAnswer, match="cannot send"):
             endpoint.send_request("poll", envelope=[b"nobody"], timeout=1)  # no such peer
         await peer.send(msgpack.packb({"no": 0, "type": "ping"}))  # the peer is known now
-        await asyncio.sleep(0.2)
-        reply = endpoint.send_request("poll", {"targets": ["t"]}, envelope=[b"peer"], timeout=5)
+        for _ in range(250):  # ... once its connection has reached the router
+            try:
+                reply = endpoint.send_request(
+                    "poll", {"targets": ["t"]}, envelope=[b"peer"], timeout=5
+                )
+                break
+            except NoAnswer:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the peer never became routable")
         request = msgpack.unpackb(await asyncio.wait_for(peer.recv(), 5))  # already sent
         assert (request["type"], request["data"]) == ("poll", {"targets": ["t"]})
         await peer.send(msgpack.packb({"no": request["no"], "data": {"targets": ["t"]}}))

@@ -25,8 +25,10 @@ def test_run_manual_replies_with_results_and_errors(jobs, start_worker):
         "signal": None,
         "stdout": f"out-{results[0]}\n",
         "stderr": "",
-        "duration": reply["jobs"][results[0]]["duration"],
+        "duration": reply["jobs"][results[0]]["duration"],  # checked below
     }
+    for job_id in (first, second):
+        assert 0 < reply["jobs"][job_id]["duration"] < 5  # the run's own seconds
     assert reply["jobs"][results[1]]["result"] == "fail"
     assert reply["jobs"][results[1]]["code"] == 1
     assert reply["errors"] == {
@@ -47,8 +49,9 @@ def test_manual_rows_are_not_claimed_by_polls(jobs, start_worker):
     (manual,) = jobs.insert("t", status="manual")
     (normal,) = jobs.insert("t")
     worker.request("poll")
-    jobs.wait_done([normal])
+    jobs.wait_done([normal])  # the claim that took it passed the manual row over
     assert jobs.row(manual)["status"] == "manual"
+    assert worker.request("status")["claimed"] == {"by_target": 1, "named": 0}
     assert worker.request("run-manual", {"ids": [manual]})["jobs"][manual]["result"] == "ok"
 
 

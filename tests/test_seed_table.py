@@ -71,6 +71,8 @@ def test_seed_table_is_upgraded_in_place_and_runs_jobs(jobs, start_worker):
         assert result == "ok"
         # The emoji does not fit the 3-byte utf8 column: it is replaced, the row is written.
         assert stdout == f"a\ufffdb {old_id}"
+        # The row shows the outcome was written; only the ERROR line shows how: the column
+        # refused the batch, and the worker fell back to writing the rows one by one.
         assert "writing them one by one" in worker.log()
     finally:
         jobs.execute(f"DROP TABLE IF EXISTS `{name}`, `{name}_schedules`")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import jobd
 from jobd.client import call
 
 from conftest import ROOT
@@ -94,7 +95,7 @@ def check_notifications(sock: socket.socket, daemon) -> None:  # type: ignore[no
     first = receive(sock, "READY=1")
     assert first == ["READY=1"], first  # READY comes first...
     # ...and only once the daemon serves: it answers at once.
-    assert call(daemon.address, "ping", timeout=1.0)
+    assert call(daemon.address, "ping", timeout=1.0)["version"] == jobd.__version__
     receive(sock, "WATCHDOG=1", timeout=2.0)
     receive(sock, "WATCHDOG=1", timeout=2.0)
     assert daemon.stop() == 0

@@ -13,9 +13,11 @@ import pytest
 
 from jobd.config import DatabaseURL, TargetConfig
 from jobd.jobs import Job
+from jobd.runtime.backoff import Backoff
 from jobd.runtime.logs import Formatter, TurnHandler
 from jobd.wire import protocol
 from jobd.wire.protocol import RequestError
+from jobd.worker.aftermath import retry_delay
 from jobd.worker.launcher import OutputBuffer, signal_name
 from jobd.worker.queues import SlotQueue, TargetQueue
 
@@ -75,9 +77,10 @@ def test_output_buffer_keeps_a_prefix_and_counts_the_rest():
     assert empty.text().startswith("\n[jobd: output truncated, 3 more")
 
 
-def test_signal_names():
+def test_signal_names_fit_the_sig_column():
     assert signal_name(9) == "SIGKILL"
-    assert len(signal_name(50)) <= 10
+    assert signal_name(50) == "SIG50"  # a real-time signal without a name of its own
+    assert len(signal_name(50)) <= 10  # char(10)
 
 
 def test_slot_queue_orders_and_limits():
@@ -136,8 +139,16 @@ def test_database_url_hides_the_password():
 
 def test_retry_delay_is_capped_exponential_with_jitter():
     target = TargetConfig(slots={"default": 1}, retry_backoff=2, retry_backoff_max=10)
-    assert [target.retry_delay(n, 0.0) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
-    assert target.retry_delay(2, 0.999) == pytest.approx(2.002, abs=0.01)  # up to half off
+    assert [retry_delay(target, n, 0.0) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
+    assert retry_delay(target, 2, 0.999) == pytest.approx(2.002, abs=0.01)  # up to half off
+
+
+def test_backoff_doubles_up_to_its_cap_and_starts_over_after_a_success():
+    backoff = Backoff(0.2, 1.0)
+    assert [backoff.next() for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.next() == 0.2
+    assert [Backoff(0.2, 1.0).after(n) for n in (1, 2, 3, 4, 5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
 
 
 def test_target_queue_reconfigure_keeps_running_and_returns_queued_of_removed_slots():

@@ -41,13 +41,17 @@ def test_check_accepts_a_good_config_and_database(jobs, tmp_path):
     path = write(tmp_path, good_config(jobs))
     result = run_jobd("--check", "--config", path)
     assert result.returncode == 0, result.stderr
-    assert "OK" in result.stdout
+    database = jobs.db.url
+    assert result.stdout == (
+        f"jobd: {path}: OK (database mysql://{database.user}@{database.host}:{database.port}"
+        f"/{database.database})\n"
+    )
 
 
-def test_version():
+def test_version_prints_the_program_and_its_version():
     result = run_jobd("--version")
     assert result.returncode == 0
-    assert __version__ in result.stdout
+    assert result.stdout == f"jobd, version {__version__}\n"
 
 
 def mutate(config: dict, change: str) -> dict:
@@ -107,7 +111,7 @@ def test_bad_config_exits_2_naming_file_and_key(jobs, tmp_path, change, key, pro
         assert problem in result.stderr
 
 
-def test_unreadable_and_malformed_files(tmp_path):
+def test_unreadable_and_malformed_files_exit_2_saying_why(tmp_path):
     missing = str(tmp_path / "nope.yaml")
     result = run_jobd("--config", missing)
     assert result.returncode == 2 and f"{missing}: cannot read" in result.stderr
@@ -149,7 +153,10 @@ def test_password_never_appears_in_errors(jobs, tmp_path):
     result = run_jobd("--check", "--config", write(tmp_path, config), env={**_env(), **env})
     assert result.returncode == 2
     assert secret not in result.stderr + result.stdout
-    assert "Access denied" in result.stderr or "cannot connect" in result.stderr
+    assert f"cannot connect to mysql://root:***@127.0.0.1:3306/{jobs.db.url.database}" in (
+        result.stderr
+    )
+    assert "Access denied for user 'root'" in result.stderr
 
 
 def test_environment_url_overrides_the_file(jobs, tmp_path):

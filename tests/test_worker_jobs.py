@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
 
-from conftest import wait_for
+from conftest import claimed, wait_for, wait_idle
 
 
 def run_one(jobs, start_worker, command: str, **config) -> dict:
@@ -134,6 +133,7 @@ def test_unknown_slot_is_ignored_with_reason(jobs, start_worker):
 
 
 def test_jobs_log_one_line_at_start_and_finish(jobs, start_worker):
+    # The log lines are the behaviour under test (docs/operations.md, "Logging").
     worker = start_worker({"t": 1}, command="sh -c 'exit 4'")
     (job_id,) = jobs.insert("t")
     worker.request("poll")
@@ -145,16 +145,19 @@ def test_jobs_log_one_line_at_start_and_finish(jobs, start_worker):
 
 
 def test_safety_poll_finds_jobs_without_a_poke(jobs, start_worker):
-    start_worker({"t": 2}, command="/bin/true", poll_interval=0.2)
+    worker = start_worker({"t": 2}, command="/bin/true", poll_interval=0.2)
+    wait_idle(worker)  # its start-up claim found nothing: only a safety poll can come now
     ids = jobs.insert("t", 3)
     rows = jobs.wait_done(ids, timeout=10)
     assert all(r["result"] == "ok" for r in rows)
+    assert claimed(worker) == {"by_target": 3, "named": 0}
 
 
 def test_waiting_jobs_at_start_are_claimed(jobs, start_worker):
     ids = jobs.insert("t", 5)
-    start_worker({"t": 2}, command="/bin/true")
+    worker = start_worker({"t": 2}, command="/bin/true")  # no safety poll, no poll
     assert all(r["result"] == "ok" for r in jobs.wait_done(ids))
+    assert claimed(worker) == {"by_target": 5, "named": 0}
 
 
 def test_worker_runs_as_the_user_it_was_started_as(jobs, start_worker):
@@ -162,10 +165,14 @@ def test_worker_runs_as_the_user_it_was_started_as(jobs, start_worker):
     assert row["stdout"].strip() == str(os.getuid())
 
 
-def test_durations_are_measured(jobs, start_worker):
-    worker = start_worker({"t": 1}, command="sleep 0.2")
-    (job_id,) = jobs.insert("t")
-    began = time.time()
-    worker.request("poll")
-    jobs.wait_done([job_id])
-    assert time.time() - began >= 0.2
+def test_the_worker_measures_how_long_each_job_ran(jobs, start_worker):
+    worker = start_worker({"t": 1}, command="sh -c 'sleep $(cat)'")  # its data on stdin
+    # The worker's own measure: the duration a manual run replies with (the row keeps
+    # whole seconds only), for a job of 0.2 s and one of 0.5 s.
+    for seconds in (0.2, 0.5):
+        (job_id,) = jobs.insert("t", status="manual", data=str(seconds))
+        reply = worker.request("run-manual", {"ids": [job_id]})
+        assert reply["errors"] == {}
+        assert seconds <= reply["jobs"][job_id]["duration"] < seconds + 0.5
+        row = jobs.row(job_id)
+        assert row["time_finished"] - row["time_started"] in (0, 1)

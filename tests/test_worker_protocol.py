@@ -5,6 +5,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+import jobd
 
 RAW_TIMEOUT_MS = 5000
 
@@ -46,10 +49,11 @@ def raw(start_worker):
 def test_raw_client_gets_replies(raw):
     assert raw.request({"no": 7, "type": "ping", "data": {}}) == {
         "no": 7,
-        "data": {
-            "name": "w0",
-            "version": raw.request({"no": 1, "type": "ping"})["data"]["version"],
-        },
+        "data": {"name": "w0", "version": jobd.__version__},
+    }
+    assert raw.request({"no": 1, "type": "ping"}) == {  # data may be left out
+        "no": 1,
+        "data": {"name": "w0", "version": jobd.__version__},
     }
     reply = raw.request({"no": 8, "type": "poll", "data": {"targets": ["t"]}})
     assert reply == {"no": 8, "data": {"targets": ["t"]}}
@@ -122,7 +126,19 @@ def test_undecodable_frames_get_bad_request(raw, frame):
 
 def test_oversized_message_is_refused_by_the_socket(raw):
     big = raw.new_socket()
-    big.send(msgpack.packb({"no": 1, "type": "poll", "data": {"x": "y" * (2 << 20)}}))
-    with pytest.raises(zmq.Again):
-        big.recv()  # the worker's socket dropped the connection: no reply
+    big.send(msgpack.packb({"no": 0, "type": "ping"}))
+    assert msgpack.unpackb(big.recv())["no"] == 0  # connected, and answered
+    monitor = big.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        big.send(msgpack.packb({"no": 1, "type": "poll", "data": {"x": "y" * (2 << 20)}}))
+        # The worker's socket drops the connection the message came on...
+        assert monitor.poll(RAW_TIMEOUT_MS), "the connection was not dropped"
+        assert parse_monitor_message(monitor.recv_multipart())["event"] == zmq.EVENT_DISCONNECTED
+    finally:
+        big.disable_monitor()
+        monitor.close()
+    # ...so no reply to it can come: the first reply on this socket, once it has
+    # reconnected, is the next request's.
+    big.send(msgpack.packb({"no": 2, "type": "ping"}))
+    assert msgpack.unpackb(big.recv())["no"] == 2
     assert raw.request({"no": 4, "type": "ping"})["data"]["name"] == "w0"

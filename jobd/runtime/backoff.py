@@ -22,5 +22,10 @@ class Backoff:
         self.delay = min(delay * 2, self.most)
         return delay
 
+    def after(self, failures: int) -> float:
+        """The pause after the `failures`-th failure in a row (1-based), without state:
+        the `failures`-th value `next` gives."""
+        return min(self.most, self.first * 2 ** (failures - 1))
+
     def reset(self) -> None:
         self.delay = self.first

@@ -14,6 +14,7 @@ from typing import Any
 
 from jobd.config import TargetConfig, WorkerConfig
 from jobd.jobs import Job, Outcome, Retry
+from jobd.runtime.backoff import Backoff
 from jobd.worker.callbacks import callback_payload, deliver
 from jobd.worker.queues import TargetQueue
 
@@ -21,6 +22,14 @@ log = logging.getLogger("jobd.worker")
 
 #: Callback deliveries at once; the rest wait.
 CALLBACKS_AT_ONCE = 16
+
+
+def retry_delay(options: TargetConfig, attempt: int, jitter: float) -> float:
+    """The pause after failed attempt number `attempt` (1-based): retry_backoff, doubling
+    up to retry_backoff_max; jitter in [0, 1) takes up to half of it off, so the retries
+    of many jobs that failed together spread out."""
+    backoff = Backoff(options.retry_backoff, options.retry_backoff_max)
+    return backoff.after(attempt) * (1 - jitter / 2)
 
 
 class ManualRunCancelled(Exception):
@@ -56,7 +65,7 @@ class Aftermath:
         options = target.options if target else TargetConfig(slots={})
         if outcome.result == "ok" or job.manual or job.attempts >= options.max_attempts:
             return None
-        delay = options.retry_delay(job.attempts, random.random())
+        delay = retry_delay(options, job.attempts, random.random())
         run_at = int(time.time() + delay + 0.999)
         summary = (
             f"attempt {job.attempts}/{options.max_attempts}: {outcome.describe()}"

@@ -53,8 +53,9 @@ class OutcomeWriter:
 
     @property
     def pending(self) -> int:
-        """Outcomes waiting to be written (held while the database is away)."""
-        return self._queue.qsize()
+        """Outcomes not written yet: queued, or in the batch being written (held while the
+        database is away)."""
+        return len(self.unwritten)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every outcome is written; False when `timeout` passed first."""
