@@ -27,13 +27,16 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   `callback_result` varchar(255) DEFAULT NULL,          -- how that delivery went
   `schedule_id` int(10) UNSIGNED DEFAULT NULL,          -- the schedule that created the row
   `scheduled_at` int(10) UNSIGNED DEFAULT NULL,         -- the fire time it was created for
+  `instance` char(16) DEFAULT NULL,                     -- the worker instance holding the row (jobs_workers)
+  `rescues` smallint UNSIGNED NOT NULL DEFAULT 0,       -- times it was taken back from a dead worker
   PRIMARY KEY (`id`),
   KEY `status_target_idx` (`status`, `target`, `id`),
   KEY `claim_idx` (`status`, `target`, `priority` DESC, `id`),
   KEY `worker_idx` (`worker`, `status`),
   KEY `due_idx` (`status`, `target`, `run_at`),
   KEY `finished_idx` (`status`, `time_finished`),
-  UNIQUE KEY `schedule_fire_idx` (`schedule_id`, `scheduled_at`)
+  UNIQUE KEY `schedule_fire_idx` (`schedule_id`, `scheduled_at`),
+  KEY `instance_idx` (`instance`, `status`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Upgrading a table made for the jobd seed (or by an older jobd): these add whatever
@@ -54,11 +57,14 @@ ALTER TABLE `jobs`
   ADD COLUMN IF NOT EXISTS `callback_result` varchar(255) DEFAULT NULL,
   ADD COLUMN IF NOT EXISTS `schedule_id` int(10) UNSIGNED DEFAULT NULL,
   ADD COLUMN IF NOT EXISTS `scheduled_at` int(10) UNSIGNED DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `instance` char(16) DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `rescues` smallint UNSIGNED NOT NULL DEFAULT 0,
   ADD KEY IF NOT EXISTS `claim_idx` (`status`, `target`, `priority` DESC, `id`),
   ADD KEY IF NOT EXISTS `worker_idx` (`worker`, `status`),
   ADD KEY IF NOT EXISTS `due_idx` (`status`, `target`, `run_at`),
   ADD KEY IF NOT EXISTS `finished_idx` (`status`, `time_finished`),
-  ADD UNIQUE KEY IF NOT EXISTS `schedule_fire_idx` (`schedule_id`, `scheduled_at`);
+  ADD UNIQUE KEY IF NOT EXISTS `schedule_fire_idx` (`schedule_id`, `scheduled_at`),
+  ADD KEY IF NOT EXISTS `instance_idx` (`instance`, `status`);
 
 -- Recurring schedules (jobctl schedule ...). Each fire time creates exactly one row in
 -- the jobs table, however many schedulers run: the unique key on (schedule_id,
@@ -82,4 +88,27 @@ CREATE TABLE IF NOT EXISTS `jobs_schedules` (
   UNIQUE KEY `name_idx` (`name`),
   KEY `due_idx` (`enabled`, `next_fire`),
   CHECK ((`cron` IS NULL) <> (`interval_seconds` IS NULL))
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Worker instances: one row for each start of a worker.  A running instance writes its
+-- heartbeat (the database's clock, UNIX seconds) every heartbeat_interval seconds, and one
+-- whose heartbeat is older than its lease is dead, and a rescuer (jobd-master with a
+-- database, or a worker with `rescuer: true`) settles the rows it held.
+CREATE TABLE IF NOT EXISTS `jobs_workers` (
+  `instance` char(16) NOT NULL,                          -- random, chosen at the start
+  `name` varchar(64) NOT NULL,                           -- the worker's name
+  `host` varchar(255) NOT NULL,
+  `pid` int(10) UNSIGNED NOT NULL,
+  `version` varchar(32) NOT NULL,
+  `targets` text NOT NULL CHECK (JSON_VALID(`targets`)), -- {target: {slots, max_attempts, on_rescue, max_rescues}}
+  `started` decimal(13,3) NOT NULL,                      -- UNIX time, the database's clock
+  `heartbeat` decimal(13,3) NOT NULL,                    -- the last one, likewise
+  `beats` int(10) UNSIGNED NOT NULL DEFAULT 0,
+  `lease` decimal(8,3) NOT NULL,                         -- seconds after `heartbeat` it is alive
+  `state` enum('running','stopped','rescued') NOT NULL DEFAULT 'running',
+  `ended` decimal(13,3) DEFAULT NULL,                    -- when it stopped or was rescued
+  `rescued_by` varchar(128) DEFAULT NULL,                -- who settled its rows
+  PRIMARY KEY (`instance`),
+  KEY `state_idx` (`state`, `heartbeat`),
+  KEY `name_idx` (`name`, `state`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

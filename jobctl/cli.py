@@ -23,6 +23,7 @@ from jobctl.keygen import keygen
 from jobctl.queue import add, jobs, opened, purge, show, stats, targets, wait
 from jobctl.recover import recover
 from jobctl.schedule import schedule
+from jobctl.workers import workers
 from jobd import __version__
 from jobd.config import DATABASE_URL_ENV
 
@@ -130,7 +131,7 @@ def main(
 main.add_command(recover)
 main.add_command(keygen)
 # The commands on the jobs table (jobctl.queue, jobctl.schedule): they need --database.
-for _command in (add, wait, jobs, show, stats, targets, purge, schedule):
+for _command in (add, wait, jobs, show, stats, targets, purge, schedule, workers):
     main.add_command(_command)
 
 

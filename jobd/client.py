@@ -25,6 +25,7 @@ from jobd.wire.endpoint import NoAnswer
 from jobd.wire.protocol import RequestError
 
 if TYPE_CHECKING:
+    from jobd.api.instances import LeaseHeld
     from jobd.api.jobs import AsyncJobd
     from jobd.api.sync import Jobd
     from jobd.api.waiting import JobNotFound, WaitTimeout
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from jobd.store.catalog import TargetStats
 
 __all__ = [
-    "AsyncJobd", "Client", "ClientCurve", "JobNotFound", "Jobd", "NoAnswer", "Outcome",
+    "AsyncJobd", "Client", "ClientCurve", "JobNotFound", "Jobd", "LeaseHeld", "NoAnswer", "Outcome",
     "RequestError", "TargetStats", "WaitTimeout", "call",
 ]  # fmt: skip
 
@@ -44,6 +45,7 @@ _JOB_API = {
     "WaitTimeout": "jobd.api.waiting",
     "Outcome": "jobd.jobs",
     "TargetStats": "jobd.store.catalog",
+    "LeaseHeld": "jobd.api.instances",
 }
 
 

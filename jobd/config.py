@@ -30,6 +30,7 @@ DEFAULT_EVENTS = "tcp://127.0.0.1:7082"
 URL_PATTERN = re.compile(r"https?://[^\s]{1,1000}")
 ENDPOINT_PATTERN = re.compile(r"(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RESCUE_POLICIES = ("retry", "fail")
 #: Kept bytes per stream; decoded output can grow up to 3x (replacement characters)
 #: and must still fit the `mediumtext` columns (16 MiB).
 MAX_OUTPUT_BUFFER = 4 << 20
@@ -55,6 +56,10 @@ class TargetConfig:
     description: str = ""  # shown by `jobctl targets`
     launcher: LauncherConfig | None = None  # this target's own program; None: the global one
     callback_url: str | None = None  # default for jobs of this target without their own
+    #: A running job of a dead worker: "retry" (within max_attempts) or "fail".
+    on_rescue: str = "retry"
+    #: Rescues of one job before it fails: a job that kills its host every time stops.
+    max_rescues: int = 3
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,10 @@ class WorkerConfig:
     scheduler: bool = False  # run the schedules here too (the master runs them anyway)
     curve: CurveConfig = field(default_factory=CurveConfig)
     allow_insecure: bool = False  # plain text on a non-loopback address
+    heartbeat_interval: float = 5.0  # seconds between heartbeats in the workers table
+    lease: float = 30.0  # seconds after its last heartbeat the instance counts as alive
+    rescuer: bool = False  # rescue the rows of dead instances here too (the master does)
+    rescue_interval: float = 5.0  # seconds between looks for dead instances
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,8 @@ class MasterConfig:
     table: str = "jobs"
     #: PUB endpoint of the job events; None: events are not published.
     events: str | None = DEFAULT_EVENTS
+    #: With a database: seconds between looks for dead worker instances to rescue.
+    rescue_interval: float = 5.0
 
 
 def _log_level(reader: Reader) -> str:
@@ -161,6 +172,8 @@ def _target(reader: Reader, key: str, value: Any) -> TargetConfig:
         description=section.string("description", ""),
         launcher=_launcher(section, required=False),
         callback_url=section.matching("callback_url", URL_PATTERN, "an http:// or https:// URL"),
+        on_rescue=section.choice("on_rescue", RESCUE_POLICIES, "retry"),
+        max_rescues=section.integer("max_rescues", 3, 0, 1000),
     )
     section.finish()
     return target
@@ -316,7 +329,15 @@ def load_worker_config(path: str) -> WorkerConfig:
         scheduler=reader.boolean("scheduler", False),
         curve=_curve(reader, reader.data.get("master"), worker=True),
         allow_insecure=reader.boolean("allow_insecure", False),
+        heartbeat_interval=reader.number("heartbeat_interval", 5.0, 0.05),
+        lease=reader.number("lease", 30.0, 0.15),
+        rescuer=reader.boolean("rescuer", False),
+        rescue_interval=reader.number("rescue_interval", 5.0, 0.05),
     )
+    if config.lease < 3 * config.heartbeat_interval:
+        raise reader.error(
+            "lease", f"must be at least 3 x heartbeat_interval ({3 * config.heartbeat_interval:g})"
+        )
     _check_exposure(reader, "listen", config.listen, config.curve)
     reader.finish()
     return config
@@ -336,6 +357,7 @@ def load_master_config(path: str) -> MasterConfig:
         database=_database(reader, required=False),
         table=reader.matching("table", TABLE_PATTERN, "a table name", default="jobs"),
         events=_events(reader),
+        rescue_interval=reader.number("rescue_interval", 5.0, 0.05),
     )
     _check_exposure(reader, "listen", config.listen, config.curve)
     if config.events is not None:

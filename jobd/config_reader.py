@@ -70,6 +70,12 @@ class Reader:
             raise self.error(self.key(name), f"expected a string, got {type(value).__name__}")
         return value
 
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise self.error(self.key(name), f"expected one of {', '.join(choices)}")
+        return str(value)
+
     def matching(self, name: str, pattern: re.Pattern[str], what: str, **kw: Any) -> Any:
         value = self.string(name, **kw)
         if value is not None and not pattern.fullmatch(value):

@@ -47,7 +47,7 @@ async def run_master(config: MasterConfig) -> int:
     # for the answer to one of ours.
     endpoint.start()
     master.start(endpoint)
-    scheduler = start_master_scheduler(config, master)
+    duties = start_duties(config, master)
     if events is not None:
         log.info("publishing job events on %s", events.address)
     log.info(
@@ -67,9 +67,9 @@ async def run_master(config: MasterConfig) -> int:
     notify_systemd("STOPPING=1")
     if watchdog_task is not None:
         watchdog_task.cancel()
-    if scheduler is not None:
-        scheduler.cancel()
-        await asyncio.gather(scheduler, return_exceptions=True)
+    for task in duties:
+        task.cancel()
+    await asyncio.gather(*duties, return_exceptions=True)
     await master.stop()
     await endpoint.close()
     if events is not None:
@@ -82,7 +82,7 @@ async def run_master(config: MasterConfig) -> int:
 
 
 async def check_schedules(config: MasterConfig) -> None:
-    """--check: a configured database answers and has the schedules table."""
+    """--check: a configured database answers and has the schedules and workers tables."""
     if config.database is None:
         return
     # The database driver is imported only by a master that has a database.
@@ -92,34 +92,42 @@ async def check_schedules(config: MasterConfig) -> None:
     store = ScheduleStore(config.database, config.table, pool_size=1)
     try:
         await store.connect()
-        if not await store.has_table():
-            raise StartupError(
-                f"table {config.table}_schedules does not exist in {config.database.redacted()}"
-                " (see schema.sql)"
-            )
+        for table in (f"{config.table}_schedules", f"{config.table}_workers"):
+            if not await store.table_exists(table):
+                raise StartupError(
+                    f"table {table} does not exist in {config.database.redacted()} (see schema.sql)"
+                )
     except StorageError as exc:
         raise StartupError(str(exc)) from None
     finally:
         await store.close()
 
 
-def start_master_scheduler(config: MasterConfig, master: Master) -> asyncio.Task[None] | None:
-    """With a database configured, the master runs the schedules; each fire pokes the
-    schedule's target like a client's poke would."""
+def start_duties(config: MasterConfig, master: Master) -> list[asyncio.Task[None]]:
+    """With a database configured, the master runs the schedules and rescues the rows of
+    dead worker instances; a fire, and rows given back, poke their targets like a
+    client's poke would."""
     if config.database is None:
-        return None
+        return []
     # Only a master with a database imports the database driver.
+    from jobd.runtime.rescuer import start_rescuer
     from jobd.runtime.scheduler import start_scheduler
 
     def poke(targets: list[str]) -> None:
         master.poke(targets)
 
-    return start_scheduler(config.database, config.table, poke, "jobd-master")
+    scheduler = start_scheduler(config.database, config.table, poke, "jobd-master")
+    master.rescuer, rescuer = start_rescuer(
+        config.database, config.table, poke, "jobd-master", config.rescue_interval
+    )
+    return [scheduler, rescuer]
 
 
 #: Keys whose change a reload cannot apply: where the master listens and publishes, its
 #: keys, and the database its scheduler reads.
-RESTART_KEYS = ("listen", "curve", "allow_insecure", "database", "table", "events")
+RESTART_KEYS = (
+    "listen", "curve", "allow_insecure", "database", "table", "events", "rescue_interval",
+)  # fmt: skip
 
 
 def reload(master: Master, auth: Authenticator | None = None) -> None:

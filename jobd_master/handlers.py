@@ -178,6 +178,7 @@ class MasterHandlers:
             "workers": workers,
             "remembered": sorted(self.master.remembered),
             "reloads": self.master.reloads.describe(),
+            "rescues": self.master.rescuer.describe() if self.master.rescuer else None,
         }
 
     def _schedules(self) -> str | None:

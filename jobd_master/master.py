@@ -53,6 +53,8 @@ class Master:
         self._pinging: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reloads = ReloadCounts()
+        #: The rescuer of a master with a database (its daemon starts it).
+        self.rescuer: Any = None
         self.handlers = MasterHandlers(self).table
 
     @property

@@ -80,6 +80,7 @@ class Jobs:
         self.table = table
         self.conn = db.connect()
         schema = SCHEMA.replace("`jobs_schedules`", f"`{table}_schedules`")
+        schema = schema.replace("`jobs_workers`", f"`{table}_workers`")
         for statement in schema.replace("`jobs`", f"`{table}`").split(";"):
             if statement.strip():
                 self.execute(statement)
@@ -149,7 +150,9 @@ class Jobs:
             holder.close()
 
     def close(self) -> None:
-        self.execute(f"DROP TABLE IF EXISTS `{self.table}`, `{self.table}_schedules`")
+        self.execute(
+            f"DROP TABLE IF EXISTS `{self.table}`, `{self.table}_schedules`, `{self.table}_workers`"
+        )
         self.conn.close()
 
 

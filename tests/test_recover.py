@@ -18,13 +18,18 @@ def _no_database_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOBD_DATABASE_URL", raising=False)
 
 
+#: w0's heartbeat and lease: short, so a test can wait for its lease to run out.
+LEASE = {"heartbeat_interval": 0.5, "lease": 3.0}
+
+
 def kill_9_with_jobs_in_flight(jobs, start_master, start_worker, max_attempts: int):
     """A master, and a worker w0 killed with -9 while running 2 jobs; plus a row it had
-    accepted and a manual row it had reserved (set by hand: the worker claims only what
-    starts at once).  Returns (master, running ids, accepted id, manual id)."""
+    accepted and a manual row it had reserved (set by hand, with no instance recorded, as
+    a jobd older than the workers table leaves them: the worker claims only what starts
+    at once).  Returns (master, running ids, accepted id, manual id)."""
     master = start_master(ping_interval=0.3)
     targets = {"t": {"concurrency": 2, "max_attempts": max_attempts}}
-    w0 = start_worker(targets, command="sleep 3", master=master.address, kill_grace=1)
+    w0 = start_worker(targets, command="sleep 3", master=master.address, kill_grace=1, **LEASE)
     wait_for(lambda: "w0" in master.request("status")["workers"], 5, "w0 registered")
     running = jobs.insert("t", 2)
     w0.request("poll")
@@ -49,6 +54,13 @@ def test_recover_refuses_a_live_worker_then_settles_a_killed_ones_rows(
 
     w0.kill()  # kill -9
     wait_for(lambda: "w0" not in master.request("status")["workers"], 5, "w0 dropped")
+    # Its instance still holds its lease: refused until the lease has run out.
+    refused = jobctl(*db, "recover", "w0", status=1)
+    assert "still holds its lease of 3 s: it may be alive" in refused.stderr
+    assert jobs.count("status = 'running' AND worker = 'w0'") == 2  # nothing touched
+    wait_for(lambda: jobs.execute(
+        f"SELECT heartbeat + lease < UNIX_TIMESTAMP(NOW(3)) FROM `{jobs.table}_workers`"
+        " WHERE name = 'w0'")[0][0], 5, "w0's lease to run out")  # fmt: skip
     # A second worker serving t, idle (no safety polls): only the poke that follows the
     # recovery can make it claim the rows given back.
     w1 = start_worker({"t": 2}, command="/bin/true", master=master.address)

@@ -39,6 +39,7 @@ def test_seed_table_is_upgraded_in_place_and_runs_jobs(jobs, start_worker):
         jobs.execute(f"INSERT INTO `{name}` (target, time_created) VALUES ('t', UNIX_TIMESTAMP())")
         schema = (ROOT / "schema.sql").read_text()
         schema = schema.replace("`jobs_schedules`", f"`{name}_schedules`")
+        schema = schema.replace("`jobs_workers`", f"`{name}_workers`")
         for _ in range(2):  # running it twice is safe
             for statement in schema.replace("`jobs`", f"`{name}`").split(";"):
                 if statement.strip():
@@ -69,10 +70,20 @@ def test_seed_table_is_upgraded_in_place_and_runs_jobs(jobs, start_worker):
         wait_for(lambda: all(r[1] == "done" for r in rows()), 15, "the seed table's jobs")
         ((old_id, _, result, stdout),) = rows()
         assert result == "ok"
+        # The upgrade added the instance columns and the workers table; the seed's own
+        # INSERT still works after it, and the worker's instance holds its rows.
+        jobs.execute(f"INSERT INTO `{name}` (target, time_created) VALUES ('t', UNIX_TIMESTAMP())")
+        worker.request("poll")
+        wait_for(lambda: all(r[1] == "done" for r in rows()), 15, "the job added after")
+        instance = worker.request("status")["instance"]["instance"]
+        assert jobs.execute(f"SELECT instance, rescues FROM `{name}`") == [
+            (instance, 0), (instance, 0),
+        ]  # fmt: skip
+        assert jobs.execute(f"SELECT state FROM `{name}_workers`") == [("running",)]
         # The emoji does not fit the 3-byte utf8 column: it is replaced, the row is written.
         assert stdout == f"a\ufffdb {old_id}"
         # The row shows the outcome was written; only the ERROR line shows how: the column
         # refused the batch, and the worker fell back to writing the rows one by one.
         assert "writing them one by one" in worker.log()
     finally:
-        jobs.execute(f"DROP TABLE IF EXISTS `{name}`, `{name}_schedules`")
+        jobs.execute(f"DROP TABLE IF EXISTS `{name}`, `{name}_schedules`, `{name}_workers`")

@@ -30,6 +30,7 @@ from typing import Any
 import zmq.asyncio
 
 from jobd.api import arguments
+from jobd.api.instances import InstanceMethods
 from jobd.api.replies import reachable, targets_from_status
 from jobd.api.schedules import ScheduleMethods
 from jobd.api.waiting import JobNotFound, WaitTimeout, wait_for_jobs
@@ -50,7 +51,7 @@ EVENTS_CONNECT = 1.0
 log = logging.getLogger("jobd.client")
 
 
-class AsyncJobd(ScheduleMethods):
+class AsyncJobd(ScheduleMethods, InstanceMethods):
     """Jobs and schedules of one jobs table.
 
         async with AsyncJobd("mysql://jobd:secret@127.0.0.1:3306/jobd") as jobd:
@@ -88,6 +89,7 @@ class AsyncJobd(ScheduleMethods):
         self.curve = curve
         self.catalog = JobCatalog(url, table, pool_size=2)
         self._schedules = None
+        self._instances = None
         self._daemon: Client | None = None
         self._zmq: zmq.asyncio.Context | None = None
 
@@ -101,6 +103,7 @@ class AsyncJobd(ScheduleMethods):
     async def close(self) -> None:
         await self.catalog.close()
         await self._close_schedules()
+        await self._close_instances()
         if self._daemon is not None:
             await self._daemon.close()
             self._daemon = None

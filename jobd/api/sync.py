@@ -10,6 +10,7 @@ from jobd.api.jobs import AsyncJobd
 from jobd.config import DatabaseURL
 from jobd.store.catalog import FINISHED, TargetStats
 from jobd.store.schedules import Schedule
+from jobd.store.settle import Settled
 
 T = TypeVar("T")
 
@@ -114,3 +115,11 @@ class Jobd:
 
     def run_schedule_now(self, name: str) -> int | None:
         return self._run(self.jobd.run_schedule_now(name))
+
+    def workers(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._run(self.jobd.workers(limit))
+
+    def recover_worker(
+        self, worker: str, *, max_attempts: int | None = None, force: bool = False
+    ) -> Settled:
+        return self._run(self.jobd.recover_worker(worker, max_attempts=max_attempts, force=force))

@@ -12,14 +12,11 @@ from collections.abc import Callable
 
 from jobd.config import DatabaseURL
 from jobd.cron import due_fires
-from jobd.runtime.backoff import Backoff
+from jobd.runtime.background import open_store, start_background
 from jobd.store.pool import StorageError
 from jobd.store.schedules import ScheduleStore
 
 log = logging.getLogger("jobd.scheduler")
-
-#: Seconds between checks for a missing schedules table.
-MISSING_TABLE_RETRY = 30.0
 
 
 class Scheduler:
@@ -72,31 +69,10 @@ class Scheduler:
 async def run_scheduler(
     url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
 ) -> None:
-    """The scheduler of a daemon (`who`: "jobd-master", "worker w1"), until cancelled.
-
-    The daemon runs without its schedules rather than not at all: a database that is
-    away is retried with backoff, a missing schedules table every 30 s."""
+    """The scheduler of a daemon (`who`: "jobd-master", "worker w1"), until cancelled."""
     store = ScheduleStore(url, table, pool_size=1)
-    backoff = Backoff()
     try:
-        while True:
-            try:
-                await store.connect()
-                present = await store.has_table()
-            except StorageError as exc:
-                await store.close()
-                delay = backoff.next()
-                log.warning("scheduler: database not ready, retrying in %.1f s: %s", delay, exc)
-                await asyncio.sleep(delay)
-                continue
-            if present:
-                break
-            await store.close()
-            log.error(
-                "scheduler: table %s_schedules does not exist in %s (see schema.sql);"
-                " looking again in %g s", table, url.redacted(), MISSING_TABLE_RETRY,
-            )  # fmt: skip
-            await asyncio.sleep(MISSING_TABLE_RETRY)
+        await open_store(store, store.has_table, f"{table}_schedules", "scheduler")
         log.info("scheduler of %s runs the schedules of %s_schedules", who, table)
         await Scheduler(store, poke).run()
     finally:
@@ -106,13 +82,5 @@ async def run_scheduler(
 def start_scheduler(
     url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
 ) -> asyncio.Task[None]:
-    """The scheduler of a daemon as a task of its own; if it fails, the daemon runs on
-    without its schedules and says so."""
-    task = asyncio.create_task(run_scheduler(url, table, poke, who), name="scheduler")
-    task.add_done_callback(_scheduler_ended)
-    return task
-
-
-def _scheduler_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("the scheduler failed; schedules are off", exc_info=task.exception())
+    """The scheduler of a daemon as a task of its own (jobd.runtime.background)."""
+    return start_background(run_scheduler(url, table, poke, who), "scheduler")

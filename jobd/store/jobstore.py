@@ -9,9 +9,9 @@ over one named query of `Queries` (jobd.store.queries).
     waiting --claim_jobs (slot not served)--> ignored
     manual  --accept_manual--> manual, reserved by this worker --mark_running--> running
     accepted / reserved manual --release_jobs--> waiting / manual
-    accepted / reserved manual / running of a stopped worker --recover_worker-->
-            waiting / manual / waiting (attempts left) or done+fail
     accepted by this worker but unknown to it --release_unknown--> waiting
+    accepted / reserved manual / running of an instance that will not write them again
+            --InstanceStore.rescue (jobd.store.settle)--> waiting / manual / waiting or done+fail
 
 Storage knows no sockets and no processes.  Every database failure surfaces as
 `StorageError` (see jobd.store.pool), whose message never contains the password.
@@ -28,7 +28,7 @@ from jobd.config import DatabaseURL
 from jobd.jobs import Claim, Job, Outcome, Retry, SlotWant
 from jobd.store.pool import Database, StorageError
 from jobd.store.queries import REQUIRED_COLUMNS, Queries
-from jobd.store.rows import ManualRow, Recovery, batches, claimed_job, take
+from jobd.store.rows import ManualRow, batches, claimed_job, take
 
 __all__ = ["REQUIRED_COLUMNS", "JobStore", "Queries", "StorageError"]
 
@@ -53,11 +53,16 @@ FROM_FIRST_FOR = 60.0
 class JobStore(Database):
     """All access of one worker to the jobs table."""
 
-    def __init__(self, url: DatabaseURL, table: str, worker: str, pool_size: int = 3) -> None:
+    def __init__(
+        self, url: DatabaseURL, table: str, worker: str, instance: str = "", pool_size: int = 3
+    ) -> None:
         # Multi-statements: a claim sends START TRANSACTION and COMMIT along with its other
         # statements (every value is still a parameter; see claim_jobs).
         super().__init__(url, table, pool_size, multi_statements=True)
         self.worker = worker
+        #: The worker instance (jobd.store.instances) whose rows these are: every row it
+        #: claims records it, and every later write to the row is guarded by it.
+        self.instance = instance
         self.skip_locked = True
         #: Targets whose claims start from the first claimable row, until (monotonic).
         self.from_first_until: dict[str, float] = {}
@@ -152,7 +157,7 @@ class JobStore(Database):
                 ids = [job.id for job in claim.accepted]
                 run = [job.id for job in claim.accepted if job.marked_running] or [0]
                 statements.append(self._sql(Queries.accept, ids=len(ids), run=len(run)))
-                params += [self.worker, now, *run, *run, now, *run, *ids]
+                params += [self.worker, self.instance, now, *run, *run, now, *run, *ids]
             if claim.ignored:
                 statements.append(self._sql(Queries.ignore, ids=len(claim.ignored)))
                 params += [self.worker, now, self.worker, *claim.ignored]
@@ -184,7 +189,7 @@ class JobStore(Database):
         select = self._sql(Queries.select_named)
         params: list[Any] = []
         for job_id in ids:
-            params += [self.worker, now, now, job_id, target, now, *free, job_id]
+            params += [self.worker, self.instance, now, now, job_id, target, now, *free, job_id]
         jobs = []
         async with self._cursor() as cur:
             await cur.execute("; ".join([f"{update}; {select}"] * len(ids)), params)
@@ -235,43 +240,70 @@ class JobStore(Database):
             if accepted:
                 await cur.execute(
                     self._sql(Queries.reserve_manual, ids=len(accepted)),
-                    (self.worker, now, *(row.id for row in accepted)),
+                    (self.worker, self.instance, now, *(row.id for row in accepted)),
                 )
         return accepted, errors
 
-    async def mark_running(self, ids: Sequence[int]) -> None:
-        """accepted -> running, right before the processes are spawned."""
+    async def mark_running(self, ids: Sequence[int]) -> list[int]:
+        """accepted -> running, right before the processes are spawned.  Returns the ids
+        this instance holds running now: a job whose row it no longer holds must not
+        start."""
         async with self._cursor() as cur:
-            await cur.execute(
+            changed = await cur.execute(
                 self._sql(Queries.mark_running, ids=len(ids)),
-                (int(time.time()), *ids, self.worker),
+                (int(time.time()), *ids, self.instance),
             )
+            if changed == len(ids):
+                return list(ids)
+            await cur.execute(
+                self._sql(Queries.select_held_running, ids=len(ids)), (*ids, self.instance)
+            )
+            held = {row[0] for row in await cur.fetchall()}
+        return [i for i in ids if i in held]
 
-    async def record_outcomes(self, outcomes: Sequence[tuple[int, Outcome, Retry | None]]) -> None:
+    async def record_outcomes(
+        self, outcomes: Sequence[tuple[int, Outcome, Retry | None]]
+    ) -> list[int]:
         """running -> done with the result and output, or running -> waiting for a retry;
-        one transaction for the whole batch."""
+        one transaction for the whole batch.  Returns the ids of rows this instance no
+        longer holds (taken back by a rescue): their writes changed nothing."""
         now = int(time.time())
         done = [(job_id, o) for job_id, o, retry in outcomes if retry is None]
         retries = [
-            (o.stdout, o.stderr, now, retry.run_at, retry.summary, job_id, self.worker)
+            (o.stdout, o.stderr, now, retry.run_at, retry.summary, job_id, self.instance)
             for job_id, o, retry in outcomes
             if retry is not None
         ]
+        fenced: list[int] = []
         parts = batches(done)
-        async with self._cursor(transaction=len(parts) + bool(retries) > 1) as cur:
+        async with self._cursor(transaction=len(parts) + len(retries) > 1) as cur:
             for batch in parts:
                 ids = [job_id for job_id, _ in batch]
                 sets, params = self._outcome_columns(ids, [o for _, o in batch])
-                await cur.execute(
+                changed = await cur.execute(
                     self._sql(
                         Queries.record_done.replace("{outcome}", sets),
                         ids=len(ids),
                         values=len(ids),
                     ),
-                    (now, *params, *ids, self.worker),
+                    (now, *params, *ids, self.instance),
                 )
-            if retries:
-                await cur.executemany(self._sql(Queries.record_retry), retries)
+                if changed < len(ids):
+                    fenced += await self._not_held(cur, Queries.select_held_done, ids)
+            for retry in retries:
+                if not await cur.execute(self._sql(Queries.record_retry), retry):
+                    fenced += await self._not_held(cur, Queries.select_held_retry, retry[-2:-1])
+        return fenced
+
+    async def _not_held(self, cur: Any, query: str, ids: Sequence[int]) -> list[int]:
+        """Of `ids`, whose write changed nothing, those not written by this instance
+        before (a repeat after a lost acknowledgement is not a fenced write)."""
+        if len(ids) == 1:
+            await cur.execute(self._sql(query), (ids[0], self.instance))
+        else:
+            await cur.execute(self._sql(query, ids=len(ids)), (*ids, self.instance))
+        written = {row[0] for row in await cur.fetchall()}
+        return [i for i in ids if i not in written]
 
     def _outcome_columns(
         self, ids: Sequence[int], outcomes: Sequence[Outcome]
@@ -295,13 +327,18 @@ class JobStore(Database):
         async with self._cursor() as cur:
             await cur.execute(self._sql(Queries.record_callback), (result[:255], job_id))
 
-    async def release_jobs(self, ids: Sequence[int]) -> None:
+    async def release_jobs(self, ids: Sequence[int]) -> list[int]:
         """Jobs claimed or reserved by this worker that it will not start (never started:
         the caller's word): accepted rows go back to waiting, reserved manual rows stay
-        manual and free."""
-        if ids:
-            async with self._cursor() as cur:
-                await cur.execute(self._sql(Queries.release, ids=len(ids)), (*ids, self.worker))
+        manual and free.  Returns the ids of rows this instance no longer holds."""
+        if not ids:
+            return []
+        async with self._cursor(transaction=True) as cur:
+            await cur.execute(self._sql(Queries.select_held, ids=len(ids)), (*ids, self.instance))
+            held = [row[0] for row in await cur.fetchall()]
+            if held:
+                await cur.execute(self._sql(Queries.release, ids=len(held)), (*held, self.instance))
+        return [i for i in ids if i not in held]
 
     async def release_unknown(self, known: Iterable[int]) -> int:
         """Rows claimed in this worker's name that it does not hold (a claim whose commit
@@ -311,34 +348,6 @@ class JobStore(Database):
         async with self._cursor() as cur:
             return int(
                 await cur.execute(
-                    self._sql(Queries.release_unknown, ids=len(ids)), (self.worker, *ids)
+                    self._sql(Queries.release_unknown, ids=len(ids)), (self.instance, *ids)
                 )
             )
-
-    async def recover_worker(
-        self, worker: str, retries_left: Callable[[str, int], bool]
-    ) -> Recovery:
-        """Settle the rows of a worker that stopped without finishing them (this worker
-        at its start, or another one with `jobctl recover`): its accepted rows go back to
-        waiting, its reserved manual rows back to manual, and its running rows back to
-        waiting when `retries_left(target, attempts)`, else done/fail with the reason."""
-        reason = f"worker {worker} stopped while the job was running"
-        now = int(time.time())
-        async with self._cursor(transaction=True) as cur:
-            released = await cur.execute(self._sql(Queries.recover_reserved), (worker,))
-            await cur.execute(self._sql(Queries.select_running_of), (worker,))
-            running = list(await cur.fetchall())
-            retried = [job_id for job_id, target, n in running if retries_left(target, n)]
-            failed = [job_id for job_id, _, _ in running if job_id not in retried]
-            if retried:
-                attempts = {job_id: n for job_id, _, n in running}
-                await cur.executemany(
-                    self._sql(Queries.recover_retry),
-                    [(f"attempt {attempts[i]}: {reason}\n", i, worker) for i in retried],
-                )
-            if failed:
-                await cur.executemany(
-                    self._sql(Queries.recover_fail),
-                    [(now, f"\njobd: {reason}\n", i, worker) for i in failed],
-                )
-        return Recovery(int(released), retried, failed)

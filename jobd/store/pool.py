@@ -37,6 +37,11 @@ _PERMANENT = (
 )
 
 
+TABLE_EXISTS = (
+    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
+)
+
+
 def placeholders(n: int) -> str:
     return ", ".join(["%s"] * n)
 
@@ -78,6 +83,14 @@ class Database:
                 f"cannot connect to {self.url.redacted()}: {describe(exc)}"
             ) from None
 
+    async def table_exists(self, name: str) -> bool:
+        """Whether the database has a table of this name (the jobs table's companions:
+        `<table>_schedules`, `<table>_workers`)."""
+        async with self._cursor() as cur:
+            await cur.execute(TABLE_EXISTS, (self.url.database, name))
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -105,12 +118,14 @@ class Database:
             permanent = isinstance(exc, _PERMANENT) or _is_data_error(exc)
             raise StorageError(describe(exc), retryable=not permanent) from None
 
-    def _sql(self, query: str, lock: str = "", **lists: int) -> str:
-        """Fill a query template: {t} the table, {s} its schedules table, {lock} a locking
-        clause, and each of `lists` with that many placeholders."""
+    def _sql(self, query: str, lock: str = "", held: str = "", **lists: int) -> str:
+        """Fill a query template: {t} the table, {s} its schedules table, {w} its workers
+        table, {lock} a locking clause, {held} a fixed fragment (SettleQueries), and each
+        of `lists` with that many placeholders."""
         filled = {k: placeholders(n) for k, n in lists.items()}
         schedules = f"`{self.table_name}_schedules`"
-        return query.format(t=self.table, s=schedules, lock=lock, **filled)
+        workers = f"`{self.table_name}_workers`"
+        return query.format(t=self.table, s=schedules, w=workers, lock=lock, held=held, **filled)
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -35,15 +35,6 @@ class ManualRow:
         )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Recovery:
-    """What recover_worker did with a stopped worker's rows."""
-
-    released: int  # accepted or reserved rows given back
-    retried: list[int]  # running rows back to waiting
-    failed: list[int]  # running rows settled as failed
-
-
 def batches(done: list[tuple[int, Outcome]]) -> list[list[tuple[int, Outcome]]]:
     """Split finished jobs so no single UPDATE carries more than MAX_BATCH_BYTES of output."""
     batches: list[list[tuple[int, Outcome]]] = []

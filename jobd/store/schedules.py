@@ -31,9 +31,6 @@ class ScheduleQueries:
     select_one = "SELECT " + _COLUMNS + " FROM {s} WHERE name = %s"
     select_due = "SELECT " + _COLUMNS + " FROM {s} WHERE enabled = 1 AND next_fire <= %s"
     next_wakeup = "SELECT MIN(next_fire) FROM {s} WHERE enabled = 1"
-    table_exists = (
-        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
-    )
     insert = (
         "INSERT INTO {s} (name, cron, interval_seconds, timezone, target, slot, priority,"
         " data, catch_up, enabled, next_fire) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -122,12 +119,7 @@ class ScheduleStore(Database):
         return found
 
     async def has_table(self) -> bool:
-        async with self._cursor() as cur:
-            await cur.execute(
-                ScheduleQueries.table_exists, (self.url.database, f"{self.table_name}_schedules")
-            )
-            row = await cur.fetchone()
-        return bool(row and row[0])
+        return await self.table_exists(f"{self.table_name}_schedules")
 
     async def get(self, name: str) -> Schedule | None:
         async with self._cursor() as cur:

@@ -95,12 +95,15 @@ class Aftermath:
             futures[job_id] = self.manual_results[job_id] = loop.create_future()
         return futures
 
-    def given_back(self, jobs: Iterable[Job]) -> None:
-        """Jobs given back to the table before they started: their operators are told."""
+    def given_back(
+        self, jobs: Iterable[Job], why: str = "the job was given back before it started"
+    ) -> None:
+        """Jobs that will not end here (given back before they started, or their rows
+        taken back by a rescue): their operators are told."""
         for job in jobs:
             future = self.manual_results.pop(job.id, None)
             if future is not None and not future.done():
-                future.set_exception(ManualRunCancelled("the job was given back before it started"))
+                future.set_exception(ManualRunCancelled(why))
 
     # --- events and callbacks -----------------------------------------------------
 

@@ -89,6 +89,8 @@ class Claimer:
         #: Wanted targets wait for fetch_limit (too many jobs queued).
         self._fetch_limited = False
         self.stopping = False
+        #: Closed by the fence (jobd.worker.heartbeat): no heartbeat for half the lease.
+        self.fenced = False
         #: Jobs claimed so far: by target (claim_jobs) and by id (claim_named).
         self.claimed = {"by_target": 0, "named": 0}
         self._wake = asyncio.Event()
@@ -149,6 +151,7 @@ class Claimer:
             queue is None
             or len(ids) > MAX_NAMED_CLAIM
             or self.stopping
+            or self.fenced
             or target in self.wanted
             or self.failed
             or not self.held_ids().isdisjoint(ids)
@@ -189,7 +192,7 @@ class Claimer:
             queued = sum(t.queued_count() for t in self.targets.values())
             limit = self.fetch_limit - queued
             self._fetch_limited = bool(wants) and limit <= 0
-            if self.stopping or not wants or limit <= 0:
+            if self.stopping or self.fenced or not wants or limit <= 0:
                 continue
             async with self._lock:
                 claimed = await self._claim(wants, limit)
@@ -271,12 +274,13 @@ class Claimer:
 
     def queue(self, jobs: Iterable[Job]) -> list[Job]:
         """Put claimed jobs in their slots; returns those that must go back (their target
-        or slot was removed while the claim was in flight, or the worker is stopping)."""
+        or slot was removed while the claim was in flight, the worker is stopping, or the
+        fence closed)."""
         orphans = []
         for job in jobs:
             target = self.targets.get(job.target)
             slot = target.slots.get(job.slot) if target else None
-            if slot is None or self.stopping:
+            if slot is None or self.stopping or self.fenced:
                 orphans.append(job)
             else:
                 slot.push(job)
@@ -296,5 +300,9 @@ class Claimer:
         """Claim no more; returns once a claim in flight has ended (it gives its jobs back:
         see `queue`)."""
         self.stopping = True
+        await self.idle()
+
+    async def idle(self) -> None:
+        """Returns once no claim is in flight."""
         async with self._lock:
             pass

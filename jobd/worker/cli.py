@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from jobd.config import DEFAULT_WORKER_CONFIG, WorkerConfig, load_worker_config
 from jobd.runtime.command import daemon_command, load_curve
-from jobd.worker.daemon import connect_store, run_worker
+from jobd.worker.daemon import connect_stores, run_worker
 
 
 async def check(config: WorkerConfig) -> str:
-    """--check: the key files hold keys, the database answers, the table has every column."""
+    """--check: the key files hold keys, the database answers, the table has every column
+    and the workers table exists."""
     load_curve(config.curve)
-    store = await connect_store(config, retry=False)
+    store, instances = await connect_stores(config, retry=False)
     await store.close()
+    await instances.close()
     return f"database {config.database.redacted()}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
@@ -14,8 +15,10 @@ from jobd.config import WorkerConfig, load_worker_config
 from jobd.runtime.backoff import Backoff
 from jobd.runtime.command import StartupError, listen, load_curve
 from jobd.runtime.reload import reload_config
+from jobd.runtime.rescuer import start_rescuer
 from jobd.runtime.scheduler import start_scheduler
 from jobd.runtime.systemd import notify_systemd, watchdog
+from jobd.store.instances import InstanceStore, new_instance_id
 from jobd.store.jobstore import REQUIRED_COLUMNS, JobStore, StorageError
 from jobd.wire import protocol
 from jobd.wire.curve import Authenticator
@@ -38,45 +41,62 @@ def reload_worker(worker: Worker, auth: Authenticator | None = None) -> None:
         log.info("reloaded %s: targets %s", new.path, ", ".join(new.targets) or "none")
 
 
-def start_worker_scheduler(
-    config: WorkerConfig, worker: Worker, link: MasterLink | None
-) -> asyncio.Task[None] | None:
-    """`scheduler: true`: run the schedules here as well (the master runs them too; each
-    fire time still makes one job).  A fire polls this worker at once and, through the
-    master, the other workers serving the target."""
-    if not config.scheduler:
-        return None
+def poke_everywhere(worker: Worker, link: MasterLink | None) -> Callable[[list[str]], None]:
+    """Have this worker claim for these targets at once and, through the master, the
+    other workers serving them (a schedule fired, rows were given back)."""
 
     def poke(targets: list[str]) -> None:
         worker.claimer.want(targets)
         if link is not None:
             link.poke(targets)
 
+    return poke
+
+
+def start_worker_scheduler(
+    config: WorkerConfig, worker: Worker, link: MasterLink | None
+) -> asyncio.Task[None] | None:
+    """`scheduler: true`: run the schedules here as well (the master runs them too; each
+    fire time still makes one job)."""
+    if not config.scheduler:
+        return None
+    poke = poke_everywhere(worker, link)
     return start_scheduler(config.database, config.table, poke, f"worker {config.name}")
 
 
-async def check_database(store: JobStore) -> None:
-    """Raise StartupError unless the table has every column jobd needs."""
+async def check_database(store: JobStore, instances: InstanceStore) -> None:
+    """Raise StartupError unless the table has every column jobd needs, and the workers
+    table exists."""
     missing = await store.missing_columns()
+    where = store.url.redacted()
     if len(missing) == len(REQUIRED_COLUMNS):
-        raise StartupError(f"table {store.table_name} does not exist in {store.url.redacted()}")
+        raise StartupError(f"table {store.table_name} does not exist in {where}")
     if missing:
         raise StartupError(f"table {store.table_name} lacks columns: {', '.join(missing)}")
+    if not await instances.has_table():
+        raise StartupError(
+            f"table {store.table_name}_workers does not exist in {where} (see schema.sql)"
+        )
 
 
-async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
+async def connect_stores(config: WorkerConfig, retry: bool) -> tuple[JobStore, InstanceStore]:
     """Connect to the database, retrying with backoff when `retry` (the daemon waits
-    for a database that is starting; --check does not)."""
-    store = JobStore(config.database, config.table, config.name)
+    for a database that is starting; --check does not).  The job store holds the rows of
+    a new instance; the instance store (a connection of its own, so heartbeats never wait
+    behind claims and writes) writes its heartbeat."""
+    store = JobStore(config.database, config.table, config.name, new_instance_id())
+    instances = InstanceStore(config.database, config.table, pool_size=1)
     backoff = Backoff()
     while True:
         try:
             await store.connect()
-            await check_database(store)
+            await instances.connect()
+            await check_database(store, instances)
             await store.detect_skip_locked()
-            return store
+            return store, instances
         except StorageError as exc:
             await store.close()
+            await instances.close()
             if not retry:
                 raise StartupError(str(exc)) from None
             delay = backoff.next()
@@ -84,7 +104,21 @@ async def connect_store(config: WorkerConfig, retry: bool) -> JobStore:
             await asyncio.sleep(delay)
         except StartupError:
             await store.close()
+            await instances.close()
             raise
+
+
+def start_worker_rescuer(
+    config: WorkerConfig, worker: Worker, link: MasterLink | None
+) -> asyncio.Task[None] | None:
+    """`rescuer: true`: rescue dead instances here as well (the master does it too)."""
+    if not config.rescuer:
+        return None
+    worker.rescuer, task = start_rescuer(
+        config.database, config.table, poke_everywhere(worker, link), f"worker {config.name}",
+        config.rescue_interval,
+    )  # fmt: skip
+    return task
 
 
 async def run_worker(config: WorkerConfig) -> int:
@@ -92,8 +126,8 @@ async def run_worker(config: WorkerConfig) -> int:
     curve = load_curve(config.curve)
     ctx = zmq.asyncio.Context()
     sock, auth = listen(ctx, config.listen, curve)
-    store = await connect_store(config, retry=True)
-    worker = Worker(config, store)
+    store, instances = await connect_stores(config, retry=True)
+    worker = Worker(config, store, instances)
     await worker.recover()
     endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
     endpoint.start()
@@ -103,6 +137,7 @@ async def run_worker(config: WorkerConfig) -> int:
     if link is not None:
         link.start()
     scheduler = start_worker_scheduler(config, worker, link)
+    rescuer = start_worker_rescuer(config, worker, link)
     log.info(
         "jobd %s worker %s listening on %s%s, database %s, targets %s",
         __version__, config.name, config.listen, " (CURVE)" if curve else "",
@@ -132,9 +167,10 @@ async def run_worker(config: WorkerConfig) -> int:
     worker.on_crash = stop.set
     await stop.wait()
     notify_systemd("STOPPING=1")
-    if scheduler is not None:
-        scheduler.cancel()
-        await asyncio.gather(scheduler, return_exceptions=True)
+    for task in (scheduler, rescuer):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     if link is not None:
         await link.close()  # the master stops routing to us while running jobs finish
     await worker.stop(fast)
@@ -142,6 +178,7 @@ async def run_worker(config: WorkerConfig) -> int:
         watchdog_task.cancel()
     await endpoint.close()
     await store.close()
+    await instances.close()
     if auth is not None:
         auth.stop()
     ctx.term()

@@ -114,6 +114,11 @@ class WorkerHandlers:
             # Targets whose rows may wait for this worker: polled, not yet found dry.
             "wanted": sorted(worker.claimer.wanted),
             "reloads": worker.reloads.describe(),
+            # This worker's instance in the workers table, and its fence.
+            "instance": worker.heartbeat.describe(),
+            # Writes that changed nothing: the rows were not this instance's any more.
+            "fenced_writes": worker.fenced_writes.count,
+            "rescues": worker.rescuer.describe() if worker.rescuer else None,
         }
 
     def _manual_refusal(self, row: ManualRow) -> str | None:

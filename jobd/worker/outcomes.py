@@ -24,13 +24,14 @@ WRITE_COALESCE = 0.01
 class OutcomeStore(Protocol):
     async def record_outcomes(
         self, outcomes: Sequence[tuple[int, Outcome, Retry | None]]
-    ) -> None: ...
+    ) -> list[int]: ...
 
 
 class OutcomeWriter:
     """`retry_for(job, outcome)`: whether the job goes back to waiting instead (the retry
     policy).  `written(job, outcome, retry)`: called once its row says so.  `busy()`:
-    whether other jobs are running, which may finish in a moment."""
+    whether other jobs are running, which may finish in a moment.  `fenced(what, ids)`:
+    told of writes that changed nothing (the rows are not this instance's any more)."""
 
     def __init__(
         self,
@@ -38,8 +39,10 @@ class OutcomeWriter:
         retry_for: Callable[[Job, Outcome], Retry | None],
         written: Callable[[Job, Outcome, Retry | None], None],
         busy: Callable[[], bool],
+        fenced: Callable[[str, list[Job]], None],
     ) -> None:
         self.store = store
+        self._fenced = fenced
         self._retry_for = retry_for
         self._written = written
         self._busy = busy
@@ -75,27 +78,33 @@ class OutcomeWriter:
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             rows = [(job.id, outcome, self._retry_for(job, outcome)) for job, outcome in batch]
+            fenced: set[int] = set()
             try:
-                await persist("writing outcomes", lambda r=rows: self.store.record_outcomes(r))
+                fenced.update(
+                    await persist("writing outcomes", lambda r=rows: self.store.record_outcomes(r))
+                )
             except StorageError as exc:
                 log.error("writing outcomes failed (%s); writing them one by one", exc)
                 for row in rows:
-                    await self._write_alone(*row)
+                    fenced.update(await self._write_alone(*row))
+            if fenced:
+                self._fenced("writing the outcome", [job for job, _ in batch if job.id in fenced])
             for (job, outcome), (_, _, retry) in zip(batch, rows, strict=True):
-                self._written(job, outcome, retry)
+                if job.id not in fenced:
+                    self._written(job, outcome, retry)
                 self.unwritten.discard(job.id)
                 self._queue.task_done()
 
-    async def _write_alone(self, job_id: int, outcome: Outcome, retry: Retry | None) -> None:
+    async def _write_alone(self, job_id: int, outcome: Outcome, retry: Retry | None) -> list[int]:
         """One outcome that the database refused as it was: first with characters the
         columns cannot hold (a 3-byte utf8 table) replaced, then with no output at all."""
         for attempt in (outcome, outcome.storable(), outcome.without_output()):
             try:
-                await persist(
+                return await persist(
                     "writing an outcome",
                     lambda o=attempt: self.store.record_outcomes([(job_id, o, retry)]),
                 )
-                return
             except StorageError as exc:
                 log.error("job %d: the outcome was refused: %s", job_id, exc)
-        # Left 'running': the next start of this worker settles the row.
+        # Left 'running': the instance's end or a rescue settles the row.
+        return []

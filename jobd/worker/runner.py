@@ -22,7 +22,9 @@ log = logging.getLogger("jobd.worker")
 
 
 def instance_id(config: WorkerConfig) -> str:
-    """Who this worker is on its host: its name and the queue it takes jobs from."""
+    """Who this worker is on its host, across its restarts: its name and the queue it
+    takes jobs from (the JOBD_WORKER_INSTANCE of its jobs, by which a restart finds what
+    an earlier run left; not the instance of one start in the workers table)."""
     db = config.database
     return f"{config.name}@{db.host}:{db.port}/{db.database}/{config.table}"
 
@@ -43,7 +45,8 @@ def make_launchers(config: WorkerConfig) -> dict[str | None, Launcher]:
 class JobRunner:
     """Starts the jobs of `targets` (the worker's queues) as their slots allow.
 
-    `mark_running(ids)`: accepted rows to running, before their processes start.
+    `mark_running(jobs)`: accepted rows to running, before their processes start; returns
+    the ids it marked (a row no longer held is not, and its job does not start).
     `finished(job, outcome, wants_claim)`: a job ended (`wants_claim`: its slot would
     claim now).  `started(job)`: a job's process is running."""
 
@@ -52,7 +55,7 @@ class JobRunner:
         config: WorkerConfig,
         targets: dict[str, TargetQueue],
         inflight: InFlight,
-        mark_running: Callable[[list[int]], Awaitable[None]],
+        mark_running: Callable[[list[Job]], Awaitable[list[int]]],
         finished: Callable[[Job, Outcome, bool], None],
         started: Callable[[Job], None],
     ) -> None:
@@ -63,6 +66,8 @@ class JobRunner:
         #: Why a running job is being stopped by the worker (timeout, shutdown).
         self.interrupted: dict[int, str] = {}
         self.stopping = False
+        #: Closed by the fence: start nothing (jobd.worker.heartbeat).
+        self.fenced = False
         self._inflight = inflight
         self._mark_running = mark_running
         self._finished = finished
@@ -81,7 +86,7 @@ class JobRunner:
         """Start every queued job its slot has a place for: those the claim marked
         running at once, the others after one mark_running for all of them."""
         self._start_pending = False
-        if self.stopping:
+        if self.stopping or self.fenced:
             return
         batch = [
             job
@@ -104,11 +109,22 @@ class JobRunner:
             self._loop.call_soon(self.start_ready)
 
     async def _start_batch(self, batch: list[Job]) -> None:
-        await self._mark_running([j.id for j in batch])
+        marked = set(await self._mark_running(batch))
         for job in batch:
-            job.attempts += 1
-            job.marked_running = True
-            self._run(job)
+            if job.id in marked and not self.fenced:
+                job.attempts += 1
+                job.marked_running = True
+                self._run(job)
+            else:
+                self._leave(job)
+
+    def _leave(self, job: Job) -> None:
+        """A job taken from its slot that will not start here after all."""
+        target = self.targets.get(job.target)
+        slot = target.slots.get(job.slot) if target else None
+        if slot is not None:
+            slot.running.discard(job.id)
+        self._start_soon()
 
     def _run(self, job: Job) -> None:
         """Start a job's process; `_ended` takes it from there.  Shutdown waits for `done`,

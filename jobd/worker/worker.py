@@ -21,29 +21,35 @@ from jobd import __version__
 from jobd.config import WorkerConfig
 from jobd.jobs import Job, Outcome
 from jobd.runtime.reload import ReloadCounts
+from jobd.runtime.rescuer import Rescuer
+from jobd.store.instances import InstanceStore
 from jobd.store.jobstore import JobStore
 from jobd.worker.aftermath import Aftermath
 from jobd.worker.claims import Claimer
+from jobd.worker.fence import Fence, FencedWrites
 from jobd.worker.handlers import WorkerHandlers
+from jobd.worker.heartbeat import Heartbeat, rescue_options
 from jobd.worker.inflight import InFlight
-from jobd.worker.leftovers import find_leftovers, stop_leftovers
 from jobd.worker.outcomes import OutcomeWriter
 from jobd.worker.persist import persist
 from jobd.worker.queues import TargetQueue
-from jobd.worker.runner import JobRunner, instance_id
+from jobd.worker.restart import settle_earlier_instances
+from jobd.worker.runner import JobRunner
 
 log = logging.getLogger("jobd.worker")
 
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
 RESTART_KEYS = (
     "name", "listen", "master", "database", "table", "curve", "allow_insecure", "scheduler",
+    "heartbeat_interval", "lease", "rescuer", "rescue_interval",
 )  # fmt: skip
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, store: JobStore) -> None:
+    def __init__(self, config: WorkerConfig, store: JobStore, instances: InstanceStore) -> None:
         self.config = config
         self.store = store
+        self.instances = instances
         self.started = time.monotonic()
         self.targets: dict[str, TargetQueue] = {
             name: TargetQueue.from_config(name, target) for name, target in config.targets.items()
@@ -55,6 +61,8 @@ class Worker:
         #: Called after the targets changed (the master link re-registers with it).
         self.on_targets_changed: Callable[[], None] | None = None
         self.reloads = ReloadCounts()
+        #: The rescuer of a worker with `rescuer: true` (the daemon starts it).
+        self.rescuer: Rescuer | None = None
         self.inflight = InFlight()
         self.runner = JobRunner(
             config, self.targets, self.inflight, self._mark_running, self._job_finished,
@@ -67,11 +75,17 @@ class Worker:
         self.aftermath = Aftermath(
             config, self.targets, self.claimer.poll_at, self._record_callback
         )
+        self.fenced_writes = FencedWrites(self.aftermath.given_back)
         self.writer = OutcomeWriter(
-            store,
-            self.aftermath.retry_for,
-            self.aftermath.written,
-            lambda: bool(self.runner.running),
+            store, self.aftermath.retry_for, self.aftermath.written,
+            lambda: bool(self.runner.running), self.fenced_writes,
+        )  # fmt: skip
+        fence = Fence(
+            store, self.targets, self.claimer, self.runner, self.writer, self.inflight,
+            self.release,
+        )  # fmt: skip
+        self.heartbeat = Heartbeat(
+            instances, config, lambda: rescue_options(self.targets), fence, store.instance
         )
         self.handlers = WorkerHandlers(self).table
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -79,29 +93,16 @@ class Worker:
     # --- life cycle ---------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Settle what a previous life of this worker left behind (kill -9, power loss):
-        stop its leftover job processes first, so no job runs twice at the same time,
-        then give its rows back or settle them."""
-        leftovers = find_leftovers(instance_id(self.config))
-        if leftovers:
-            log.warning("stopping %d processes left by a previous run", len(leftovers))
-            await stop_leftovers(leftovers, self.config.kill_grace)
-        recovery = await persist(
-            "recovery", lambda: self.store.recover_worker(self.config.name, self._retries_left)
+        """Register this instance, then settle what earlier ones left behind."""
+        await self.heartbeat.register()
+        await settle_earlier_instances(
+            self.config, self.instances, self.store.instance, self.targets
         )
-        if recovery.released or recovery.retried or recovery.failed:
-            log.warning(
-                "recovered rows of a previous run: %d released, retried %s, failed %s",
-                recovery.released, recovery.retried, recovery.failed,
-            )  # fmt: skip
-
-    def _retries_left(self, target: str, attempts: int) -> bool:
-        queue = self.targets.get(target)
-        return queue is not None and attempts < queue.options.max_attempts
 
     def start(self) -> None:
         self._loops["claim"] = asyncio.create_task(self.claimer.run(), name="claim")
         self._loops["writer"] = asyncio.create_task(self.writer.run(), name="writer")
+        self._loops["heartbeat"] = asyncio.create_task(self.heartbeat.run(), name="heartbeat")
         for task in self._loops.values():
             task.add_done_callback(self._loop_ended)
         self._start_safety_poll()
@@ -148,6 +149,7 @@ class Worker:
         for task in self._loops.values():
             task.cancel()
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
+        await self.heartbeat.end(write_timeout)  # heartbeating until now: never rescued
 
     async def _let_running_jobs_finish(self, fast: asyncio.Event | None) -> None:
         """Until every job has finished, shutdown_timeout has passed, or `fast` is set."""
@@ -214,8 +216,12 @@ class Worker:
         self.writer.put(job, outcome)
         self.claimer.job_freed(job.target, wants_claim)
 
-    async def _mark_running(self, ids: list[int]) -> None:
-        await persist("mark running", lambda: self.store.mark_running(ids))
+    async def _mark_running(self, jobs: list[Job]) -> list[int]:
+        marked = await persist(
+            "mark running", lambda: self.store.mark_running([j.id for j in jobs])
+        )
+        self.fenced_writes("marking it running", [j for j in jobs if j.id not in marked])
+        return marked
 
     async def _record_callback(self, job_id: int, result: str) -> None:
         await persist("callback result", lambda: self.store.record_callback(job_id, result))
@@ -225,5 +231,6 @@ class Worker:
         jobs = list(jobs)
         if not jobs:
             return
-        await persist("release", lambda: self.store.release_jobs([j.id for j in jobs]))
+        fenced = await persist("release", lambda: self.store.release_jobs([j.id for j in jobs]))
+        self.fenced_writes("giving it back", [j for j in jobs if j.id in fenced])
         self.aftermath.given_back(jobs)
