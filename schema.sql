@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   `scheduled_at` int(10) UNSIGNED DEFAULT NULL,         -- the fire time it was created for
   `instance` char(16) DEFAULT NULL,                     -- the worker instance holding the row (jobs_workers)
   `rescues` smallint UNSIGNED NOT NULL DEFAULT 0,       -- times it was taken back from a dead worker
+  `duration_ms` int(10) UNSIGNED DEFAULT NULL,          -- how long its last start ran, measured by the worker
+  `retry_of` int(10) UNSIGNED DEFAULT NULL,             -- the job this one is a retry of (the dashboard)
   PRIMARY KEY (`id`),
   KEY `status_target_idx` (`status`, `target`, `id`),
   KEY `claim_idx` (`status`, `target`, `priority` DESC, `id`),
@@ -59,6 +61,8 @@ ALTER TABLE `jobs`
   ADD COLUMN IF NOT EXISTS `scheduled_at` int(10) UNSIGNED DEFAULT NULL,
   ADD COLUMN IF NOT EXISTS `instance` char(16) DEFAULT NULL,
   ADD COLUMN IF NOT EXISTS `rescues` smallint UNSIGNED NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS `duration_ms` int(10) UNSIGNED DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `retry_of` int(10) UNSIGNED DEFAULT NULL,
   ADD KEY IF NOT EXISTS `claim_idx` (`status`, `target`, `priority` DESC, `id`),
   ADD KEY IF NOT EXISTS `worker_idx` (`worker`, `status`),
   ADD KEY IF NOT EXISTS `due_idx` (`status`, `target`, `run_at`),

@@ -19,10 +19,12 @@ import click
 
 from jobctl import render, settings
 from jobctl.connection import MASTER, WORKER, Daemon
+from jobctl.dashboard_user import dashboard_user
 from jobctl.keygen import keygen
 from jobctl.queue import add, jobs, opened, purge, show, stats, targets, wait
 from jobctl.recover import recover
 from jobctl.schedule import schedule
+from jobctl.top import top
 from jobctl.workers import workers
 from jobd import __version__
 from jobd.config import DATABASE_URL_ENV
@@ -130,6 +132,8 @@ def main(
 
 main.add_command(recover)
 main.add_command(keygen)
+main.add_command(dashboard_user)
+main.add_command(top)
 # The commands on the jobs table (jobctl.queue, jobctl.schedule): they need --database.
 for _command in (add, wait, jobs, show, stats, targets, purge, schedule, workers):
     main.add_command(_command)

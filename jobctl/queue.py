@@ -26,7 +26,7 @@ from jobctl.times import parse_duration, parse_since, parse_time
 from jobd.api.replies import targets_from_status
 from jobd.api.sync import Jobd
 from jobd.api.waiting import JobNotFound, WaitTimeout
-from jobd.store.catalog import FINISHED, STATUSES
+from jobd.store.columns import FINISHED, STATUSES
 from jobd.store.pool import StorageError
 from jobd.wire.client import NoAnswer, RequestError
 
@@ -127,7 +127,8 @@ def add(
     """Add a job of TARGET; print its id.
 
     The row is inserted, then the master (or --worker) is poked.  With --wait, print
-    the outcome as JSON ({id, status, result, code, signal, stdout, stderr, duration})
+    the outcome as JSON ({id, status, result, code, signal, stdout, stderr, duration,
+    waited})
     and exit with 0 for ok, the job's exit code for a failure, 128+N for a job killed
     by signal N, 127 when the launcher could not start, 125 for an ignored row and 124
     when --wait-timeout passed first."""
@@ -155,7 +156,7 @@ def add(
         except WaitTimeout:
             _print_json({"id": job_id, "status": "unfinished"})
             fail(f"job {job_id} did not finish within {wait_timeout:g} s", EXIT_JOB_TIMEOUT)
-    keys = ("id", "status", "result", "code", "signal", "stdout", "stderr", "duration")
+    keys = ("id", "status", "result", "code", "signal", "stdout", "stderr", "duration", "waited")
     _print_json({key: outcome[key] for key in keys})
     raise SystemExit(job_exit_status(outcome))
 
@@ -209,16 +210,33 @@ def _wait(
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
 @click.option("--target", default=None, help="Only this target.")
 @click.option("--since", default=None, metavar="WHEN", help="Created since 1h, 7d, or a time.")
+@click.option("--text", default=None, help="Only jobs with TEXT in their data or output.")
+@click.option("--before", type=click.IntRange(1), default=None, metavar="ID", help="Ids below ID.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.pass_obj
 def jobs(
-    daemon: Daemon, status: str | None, target: str | None, since: str | None, limit: int
+    daemon: Daemon,
+    status: str | None,
+    target: str | None,
+    since: str | None,
+    text: str | None,
+    before: int | None,
+    limit: int,
 ) -> None:
-    """List jobs, newest first."""
+    """List jobs, newest first.  A search by --since or --text reads a window of ids at a
+    time: when it stops short, it says where to go on with --before."""
     when = None if since is None else parse_since(since, "--since")
     with opened(daemon) as jobd:
-        rows = jobd.jobs(status=status, target=target, since=when, limit=limit)
-    daemon.show(rows, render_jobs.jobs)
+        page = jobd.jobs_page(
+            status=status, target=target, since=when, text=text, before=before, limit=limit
+        )
+    daemon.show(page.rows, render_jobs.jobs)
+    if page.searched_down_to:
+        click.echo(
+            f"searched down to id {page.searched_down_to}: --before"
+            f" {page.searched_down_to} searches older jobs",
+            err=True,
+        )
 
 
 @click.command()
@@ -238,11 +256,12 @@ def show(daemon: Daemon, job_id: int) -> None:
 @click.option("--since", default=None, metavar="WHEN", help="Finished since 1h, 7d, or a time.")
 @click.pass_obj
 def stats(daemon: Daemon, target: str | None, since: str | None) -> None:
-    """Per target: runs, ok, failed, ignored, retried, and durations.
+    """Per target: runs, ok, failed, ignored, retried, durations and waits.
 
     Over the rows finished since WHEN (default: all).  runs = ok + failed; retried:
-    done rows started more than once; durations (mean, p50, p95) are whole seconds
-    from time_started and time_finished, p50/p95 by nearest rank."""
+    done rows started more than once; durations (mean, p50, p95) are the worker's own
+    measure in milliseconds (whole seconds for rows from before it), p50/p95 by nearest
+    rank to three significant digits; waited: seconds from created to claimed."""
     when = 0.0 if since is None else parse_since(since, "--since")
     with opened(daemon) as jobd:
         entries = jobd.stats(target=target, since=when)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobctl.render import clock, key_values, lines, table
+from jobd.jobs import ran, waited
 from jobd.store.catalog import TargetStats
 from jobd.store.schedules import Schedule
 
@@ -21,10 +22,10 @@ def _seconds(value: float | None) -> str:
 
 
 def _job_duration(row: Mapping[str, Any]) -> str:
-    started, finished = row.get("time_started") or 0, row.get("time_finished") or 0
-    if not started or finished < started or row.get("status") not in ("done", "ignored"):
+    """How long the row's last start ran (milliseconds where the row has them)."""
+    if row.get("status") not in ("done", "ignored"):
         return "-"
-    return f"{finished - started} s"
+    return _seconds(ran(row))
 
 
 def outcome_line(outcome: Mapping[str, Any]) -> str:
@@ -84,6 +85,7 @@ def job(row: Mapping[str, Any]) -> str:
             value = f"{clock(value)} ({value})"
         fields[name] = value
     fields["duration"] = _job_duration(row)
+    fields["waited"] = _seconds(waited(row))
     blocks = []
     for name in _TEXTS:
         text = row.get(name)
@@ -97,14 +99,17 @@ def job(row: Mapping[str, Any]) -> str:
 
 
 def stats(entries: Sequence[TargetStats]) -> str:
-    header = ["TARGET", "RUNS", "OK", "FAILED", "IGNORED", "RETRIED", "MEAN", "P50", "P95"]
+    header = ["TARGET", "RUNS", "OK", "FAILED", "IGNORED", "RETRIED", "MEAN", "P50", "P95",
+              "WAITED", "WAITED P95"]  # fmt: skip
     return table(header, map(_stats_row, entries)) or "no finished jobs"
 
 
 def _stats_row(s: TargetStats) -> tuple[Any, ...]:
-    mean = "-" if s.mean is None else f"{s.mean:.1f} s"
+    mean = "-" if s.mean is None else f"{s.mean:.3f} s"
+    waited_mean = "-" if s.wait_mean is None else f"{s.wait_mean:.1f} s"
     counts = (s.runs, s.ok, s.failed, s.ignored, s.retried)
-    return (s.target, *counts, mean, _seconds(s.p50), _seconds(s.p95))
+    return (s.target, *counts, mean, _seconds(s.p50), _seconds(s.p95), waited_mean,
+            _seconds(s.wait_p95))  # fmt: skip
 
 
 def targets(entries: Mapping[str, Mapping[str, Any]]) -> str:

@@ -7,20 +7,29 @@ imports only the leaves `jobd.names`, `jobd.config_reader` and `jobd.database_ur
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from jobd.config_exposure import (
+    CurveConfig,
+    HttpConfig,
+    check_exposure,
+    is_loopback,
+    parse_curve,
+    parse_http,
+)
 from jobd.config_reader import ConfigError, Reader, load_yaml
 from jobd.database_url import DatabaseURL
 from jobd.names import DEFAULT_SLOT, NAME_PATTERN, TABLE_PATTERN, WORKER_NAME_PATTERN
 
-__all__ = ["ConfigError", "DatabaseURL", "MasterConfig", "WorkerConfig"]
+__all__ = [
+    "ConfigError", "CurveConfig", "DatabaseURL", "HttpConfig", "MasterConfig", "WorkerConfig",
+    "is_loopback",
+]  # fmt: skip
 
 DEFAULT_WORKER_CONFIG = "/etc/jobd.yaml"
 DEFAULT_MASTER_CONFIG = "/etc/jobd-master.yaml"
@@ -71,20 +80,6 @@ class CallbackConfig:
 
 
 @dataclass(frozen=True)
-class CurveConfig:
-    """Paths of the CURVE keys (docs/curve.md); all None: CURVE is off.  The keys
-    themselves are read by jobd.wire.curve when the daemon starts, never kept here."""
-
-    secret_key_file: str | None = None  # this daemon's key pair (.key_secret)
-    authorized_keys: str | None = None  # directory of the allowed peers' public .key files
-    server_key_file: str | None = None  # worker only: the master's public key
-
-    @property
-    def enabled(self) -> bool:
-        return self.secret_key_file is not None
-
-
-@dataclass(frozen=True)
 class WorkerConfig:
     path: str
     name: str
@@ -108,6 +103,8 @@ class WorkerConfig:
     lease: float = 30.0  # seconds after its last heartbeat the instance counts as alive
     rescuer: bool = False  # rescue the rows of dead instances here too (the master does)
     rescue_interval: float = 5.0  # seconds between looks for dead instances
+    #: Prometheus metrics at http://ADDRESS/metrics; address None: off.
+    metrics: HttpConfig = field(default_factory=HttpConfig)
 
 
 @dataclass(frozen=True)
@@ -125,6 +122,8 @@ class MasterConfig:
     events: str | None = DEFAULT_EVENTS
     #: With a database: seconds between looks for dead worker instances to rescue.
     rescue_interval: float = 5.0
+    #: The dashboard and the metrics at http://ADDRESS/; address None: off.
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 def _log_level(reader: Reader) -> str:
@@ -242,64 +241,6 @@ def _callbacks(reader: Reader) -> CallbackConfig:
     return config
 
 
-def _curve(reader: Reader, master: str | None = None, worker: bool = False) -> CurveConfig:
-    """The `curve:` section; `master` is the worker's master address (it needs the
-    master's public key), `worker` allows `server_key_file` at all."""
-    section = reader.section("curve")
-
-    def path(name: str) -> str | None:
-        # Relative to the config file, so keys can sit next to it.
-        value = section.string(name)
-        return None if value is None else str(Path(reader.path).parent / os.path.expanduser(value))
-
-    curve = CurveConfig(
-        secret_key_file=path("secret_key_file"),
-        authorized_keys=path("authorized_keys"),
-        server_key_file=path("server_key_file") if worker else None,
-    )
-    section.finish()
-    given = [k for k, v in vars(curve).items() if v is not None]
-    if given and curve.secret_key_file is None:
-        raise section.error(section.key("secret_key_file"), f"required with {given[0]}")
-    if curve.enabled and curve.authorized_keys is None:
-        raise section.error(
-            section.key("authorized_keys"),
-            "required with secret_key_file (the directory of the public keys let in)",
-        )
-    if curve.enabled and master is not None and curve.server_key_file is None:
-        raise section.error(
-            section.key("server_key_file"), "required with master: (the master's public key)"
-        )
-    return curve
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether a bind address is reachable from this host only: ipc:// and inproc://
-    always; tcp:// for a loopback IP, `localhost` or `lo`.  Anything else (`*`, another
-    interface, a host name) counts as reachable from the network."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host in ("localhost", "lo"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_exposure(reader: Reader, key: str, endpoint: str, curve: CurveConfig) -> None:
-    """Refuse to serve plain text beyond this host unless `allow_insecure: true`."""
-    if curve.enabled or is_loopback(endpoint) or reader.boolean("allow_insecure", False):
-        return
-    raise reader.error(
-        key,
-        f"{endpoint} can be reached from other hosts, and without CURVE keys anyone who can "
-        "reach it could send requests and read the traffic: configure curve: (see "
-        "docs/curve.md) or set allow_insecure: true",
-    )
-
-
 def load_worker_config(path: str) -> WorkerConfig:
     reader = Reader(path, load_yaml(path))
     name = reader.matching(
@@ -327,18 +268,19 @@ def load_worker_config(path: str) -> WorkerConfig:
         shutdown_timeout=reader.number("shutdown_timeout", 30.0, 0.0),
         callbacks=_callbacks(reader),
         scheduler=reader.boolean("scheduler", False),
-        curve=_curve(reader, reader.data.get("master"), worker=True),
+        curve=parse_curve(reader, reader.data.get("master"), worker=True),
         allow_insecure=reader.boolean("allow_insecure", False),
         heartbeat_interval=reader.number("heartbeat_interval", 5.0, 0.05),
         lease=reader.number("lease", 30.0, 0.15),
         rescuer=reader.boolean("rescuer", False),
         rescue_interval=reader.number("rescue_interval", 5.0, 0.05),
+        metrics=parse_http(reader, "metrics", secret=False),
     )
     if config.lease < 3 * config.heartbeat_interval:
         raise reader.error(
             "lease", f"must be at least 3 x heartbeat_interval ({3 * config.heartbeat_interval:g})"
         )
-    _check_exposure(reader, "listen", config.listen, config.curve)
+    check_exposure(reader, "listen", config.listen, config.curve)
     reader.finish()
     return config
 
@@ -352,16 +294,17 @@ def load_master_config(path: str) -> MasterConfig:
         ),
         ping_interval=reader.number("ping_interval", 5.0, 0.05),
         log_level=_log_level(reader),
-        curve=_curve(reader),
+        curve=parse_curve(reader),
         allow_insecure=reader.boolean("allow_insecure", False),
         database=_database(reader, required=False),
         table=reader.matching("table", TABLE_PATTERN, "a table name", default="jobs"),
         events=_events(reader),
         rescue_interval=reader.number("rescue_interval", 5.0, 0.05),
+        http=parse_http(reader, "http"),
     )
-    _check_exposure(reader, "listen", config.listen, config.curve)
+    check_exposure(reader, "listen", config.listen, config.curve)
     if config.events is not None:
-        _check_exposure(reader, "events", config.events, config.curve)
+        check_exposure(reader, "events", config.events, config.curve)
     reader.finish()
     return config
 

@@ -59,13 +59,17 @@ class Outcome:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Outcome:
-        """The outcome of a finished row (its duration from the whole-second columns)."""
-        started, finished = row.get("time_started") or 0, row.get("time_finished") or 0
+        """The outcome of a finished row: its duration from `duration_ms`, or from the
+        whole-second columns for a row written before there was one."""
         return cls(
             result=row["result"], code=row["return_code"], signal=row["sig"],
-            stdout=row["stdout"] or "", stderr=row["stderr"] or "",
-            duration=finished - started if started and finished >= started else None,
+            stdout=row["stdout"] or "", stderr=row["stderr"] or "", duration=ran(row),
         )  # fmt: skip
+
+    @property
+    def duration_ms(self) -> int | None:
+        """The duration as the row keeps it, in whole milliseconds."""
+        return None if self.duration is None else round(self.duration * 1000)
 
     def storable(self) -> Outcome:
         """The same with characters beyond the Basic Multilingual Plane replaced, for a
@@ -102,6 +106,22 @@ class Outcome:
             "stderr": _cut(self.stderr, output_limit),
             "duration": duration,
         }
+
+
+def ran(row: Mapping[str, Any]) -> float | None:
+    """How long a row's last start ran, in seconds: `duration_ms`, else (a row from
+    before it) the whole seconds between time_started and time_finished."""
+    if row.get("duration_ms") is not None:
+        return int(row["duration_ms"]) / 1000
+    started, finished = row.get("time_started") or 0, row.get("time_finished") or 0
+    return float(finished - started) if started and finished >= started else None
+
+
+def waited(row: Mapping[str, Any]) -> int | None:
+    """How long a row waited to be claimed, in whole seconds (time_claimed minus
+    time_created), once it was."""
+    claimed, created = row.get("time_claimed") or 0, row.get("time_created") or 0
+    return claimed - created if claimed and claimed >= created else None
 
 
 def _cut(text: str, limit: int | None) -> str:

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -48,6 +50,7 @@ async def run_master(config: MasterConfig) -> int:
     endpoint.start()
     master.start(endpoint)
     duties = start_duties(config, master)
+    web = await start_web(config, master)
     if events is not None:
         log.info("publishing job events on %s", events.address)
     log.info(
@@ -70,6 +73,8 @@ async def run_master(config: MasterConfig) -> int:
     for task in duties:
         task.cancel()
     await asyncio.gather(*duties, return_exceptions=True)
+    if web is not None:
+        await web.stop()
     await master.stop()
     await endpoint.close()
     if events is not None:
@@ -116,17 +121,40 @@ def start_duties(config: MasterConfig, master: Master) -> list[asyncio.Task[None
     def poke(targets: list[str]) -> None:
         master.poke(targets)
 
-    scheduler = start_scheduler(config.database, config.table, poke, "jobd-master")
+    master.scheduler, scheduler = start_scheduler(
+        config.database, config.table, poke, "jobd-master"
+    )
     master.rescuer, rescuer = start_rescuer(
         config.database, config.table, poke, "jobd-master", config.rescue_interval
     )
     return [scheduler, rescuer]
 
 
+async def start_web(config: MasterConfig, master: Master) -> Any:
+    """`http: HOST:PORT`: the dashboard and the metrics (jobd_master.web)."""
+    if config.http.address is None:
+        return None
+    # The HTTP side needs what a master without it leaves out (see jobd_master.cli).
+    if sys.modules.get("ssl", False) is None:
+        del sys.modules["ssl"]
+    from jobd.runtime.http import StartupFailed
+    from jobd.users import UsersError
+    from jobd_master.web.app import Web
+
+    try:
+        web = Web(config, master)
+        await web.start()
+    except (StartupFailed, UsersError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    log.info("dashboard and metrics at http://%s/", config.http.address)
+    return web
+
+
 #: Keys whose change a reload cannot apply: where the master listens and publishes, its
 #: keys, and the database its scheduler reads.
 RESTART_KEYS = (
     "listen", "curve", "allow_insecure", "database", "table", "events", "rescue_interval",
+    "http",
 )  # fmt: skip
 
 

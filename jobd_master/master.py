@@ -53,8 +53,14 @@ class Master:
         self._pinging: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.reloads = ReloadCounts()
-        #: The rescuer of a master with a database (its daemon starts it).
+        #: The scheduler and the rescuer of a master with a database (its daemon starts
+        #: them; jobd.runtime.scheduler and jobd.runtime.rescuer).
+        self.scheduler: Any = None
         self.rescuer: Any = None
+        #: Pokes handled (from clients, the scheduler and the rescuer), and the polls
+        #: sent by the flows of workers that are gone.
+        self.pokes = 0
+        self.retired_polls = 0
         self.handlers = MasterHandlers(self).table
 
     @property
@@ -165,7 +171,13 @@ class Master:
             return
         log.log(level, "worker %s (%s) dropped: %s", name, worker.connection, reason)
         self.gone.pop(name).set()
-        await self.polls.pop(name).close()
+        flow = self.polls.pop(name)
+        self.retired_polls += flow.sent
+        await flow.close()
+
+    def polls_sent(self) -> int:
+        """Polls sent to workers since the master started, those gone included."""
+        return self.retired_polls + sum(flow.sent for flow in self.polls.values())
 
     def _poll_failed(self, targets: list[str], exc: Exception) -> None:
         # Keep the poke: it is delivered to the next worker that registers with these
@@ -218,6 +230,7 @@ class Master:
         the rows `ids` that were just added to them; targets that no live worker serves
         are remembered.  Returns, per worker, a future that says when its poll went out,
         and the targets nobody serves.  Used by poke requests and by the scheduler."""
+        self.pokes += 1
         if targets:
             by_worker, unserved = self.registry.split(targets)
             self._remember(unserved)

@@ -4,8 +4,10 @@
     helper.py exec URL             run the SQL statements on stdin
     helper.py quickstart-sql       print the SQL creating database and user jobd
     helper.py worker-url           print the worker's database URL
-    helper.py derive-config SRC DEST [LISTEN]
+    helper.py derive-config SRC DEST [LISTEN [MASTER]]
                                    write the quickstart worker config derived from SRC
+    helper.py derive-master-config SRC DEST HTTP [LISTEN]
+                                   write the quickstart master config derived from SRC
     helper.py listen CONFIG        print the `listen` endpoint of a worker config
     helper.py sample-job URL ADDRESS TARGET
                                    insert the seed's sample job, poll, wait, print the row
@@ -97,17 +99,35 @@ def worker_url() -> int:
     return 0
 
 
-def derive_config(source: str, dest: str, listen: str = "") -> int:
-    """The example config minus `database:` (JOBD_DATABASE_URL gives it) and `master:`
-    (the quickstart runs no master)."""
+def derive_config(source: str, dest: str, listen: str = "", master: str = "") -> int:
+    """The example worker config minus `database:` (JOBD_DATABASE_URL gives it), with the
+    quickstart's master."""
     config = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
     config.pop("database", None)
     config.pop("master", None)
     if listen:
         config["listen"] = listen
+    if master:
+        config["master"] = master
     header = (
         f"# Written by scripts/quickstart.sh from {source}; see there for what each key means.\n"
-        "# `database` comes from JOBD_DATABASE_URL; `master` is left out (no master runs).\n"
+        "# `database` comes from JOBD_DATABASE_URL.\n"
+    )
+    Path(dest).write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return 0
+
+
+def derive_master_config(source: str, dest: str, http: str, listen: str = "") -> int:
+    """The example master config minus `database:` (JOBD_DATABASE_URL gives it), with the
+    dashboard at `http` (127.0.0.1: no logins asked)."""
+    config = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    config.pop("database", None)
+    config["http"] = http
+    if listen:
+        config["listen"] = listen
+    header = (
+        f"# Written by scripts/quickstart.sh from {source}; see there for what each key means.\n"
+        "# `database` comes from JOBD_DATABASE_URL.\n"
     )
     Path(dest).write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return 0
@@ -158,6 +178,7 @@ def main(argv: list[str]) -> int:
         "quickstart-sql": quickstart_sql,
         "worker-url": worker_url,
         "derive-config": derive_config,
+        "derive-master-config": derive_master_config,
         "listen": listen_of,
         "sample-job": sample_job,
     }

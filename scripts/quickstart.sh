@@ -1,57 +1,61 @@
 #!/usr/bin/env bash
 # Sets up and runs jobd on this machine (a fresh Debian with Python 3.11 will do):
 #
-#   bash scripts/quickstart.sh          set up, start a worker, run a sample job, leave it running
-#   bash scripts/quickstart.sh --stop   stop the worker it started
+#   bash scripts/quickstart.sh          set up, start a master and a worker, run a sample job,
+#                                       leave both running, print the dashboard's URL
+#   bash scripts/quickstart.sh --stop   stop the daemons it started
 #
 # Steps: .venv with jobd installed; a MariaDB server at 127.0.0.1:3306 (installed and
 # started if none answers); database `jobd` and user `jobd` (password: JOBD_DB_PASSWORD, or
-# the one of an earlier run, or a random one, kept in .quickstart/db-password); the jobs
-# table from schema.sql; .quickstart/jobd.yaml derived from config/jobd.yaml; a worker
-# `jobd --config .quickstart/jobd.yaml` in the background (log .quickstart/jobd.log, pid
-# .quickstart/jobd.pid); one job inserted with the seed's INSERT, a poll, and the finished row.
-# Running it again restarts the worker and runs another sample job.
+# the one of an earlier run, or a random one, kept in .quickstart/db-password); the tables
+# from schema.sql; .quickstart/jobd-master.yaml and .quickstart/jobd.yaml derived from
+# config/; `jobd-master` (with its dashboard at 127.0.0.1) and `jobd` in the background
+# (logs .quickstart/*.log, pids .quickstart/*.pid); one job inserted with the seed's
+# INSERT, a poll, and the finished row.  Running it again restarts both and runs another
+# sample job.
 #
 # Environment: JOBD_DB_PASSWORD (password of the database user jobd), JOBD_QUICKSTART_LISTEN
-# (the worker's endpoint instead of the one in config/jobd.yaml).
+# (the worker's endpoint instead of the one in config/jobd.yaml), JOBD_QUICKSTART_MASTER
+# (the master's, instead of config/jobd-master.yaml's), JOBD_QUICKSTART_HTTP (the
+# dashboard's HOST:PORT, default 127.0.0.1:8081).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$JOBD_ROOT"
 
 STATE=.quickstart
-PID_FILE=$STATE/jobd.pid
-LOG_FILE=$STATE/jobd.log
 CONFIG=$STATE/jobd.yaml
+MASTER_CONFIG=$STATE/jobd-master.yaml
 PASSWORD_FILE=$STATE/db-password
+HTTP=${JOBD_QUICKSTART_HTTP:-127.0.0.1:8081}
 SAMPLE_TARGET=hello
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
-# worker_pid: the pid in the pid file if that process is still our jobd, else nothing.
-worker_pid() {
-  local pid
-  [ -f "$PID_FILE" ] || return 0
-  pid=$(cat "$PID_FILE")
+# daemon_pid NAME CONFIG: the pid in .quickstart/NAME.pid if that process is still ours.
+daemon_pid() {
+  local pid file=$STATE/$1.pid
+  [ -f "$file" ] || return 0
+  pid=$(cat "$file")
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "jobd.*$CONFIG"; then
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--config $2"; then
     echo "$pid"
   fi
 }
 
-stop_worker() {
+# stop_daemon NAME CONFIG: SIGTERM (running jobs may finish for 30 s), then SIGKILL.
+stop_daemon() {
   local pid waited=0
-  pid=$(worker_pid)
+  pid=$(daemon_pid "$1" "$2")
   if [ -z "$pid" ]; then
-    note "no quickstart worker is running"
-    rm -f "$PID_FILE"
+    note "no quickstart $1 is running"
+    rm -f "$STATE/$1.pid"
     return 0
   fi
-  step "stopping the quickstart worker (pid $pid)"
+  step "stopping the quickstart $1 (pid $pid)"
   kill -TERM "$pid"
-  # SIGTERM lets running jobs finish; give them 30 s, then kill.
   while kill -0 "$pid" 2>/dev/null; do
     if [ "$waited" -ge 300 ]; then
       note "still running after 30 s: sending SIGKILL"
@@ -61,14 +65,47 @@ stop_worker() {
     sleep 0.1
     waited=$((waited + 1))
   done
-  rm -f "$PID_FILE"
+  rm -f "$STATE/$1.pid"
   note "stopped"
+}
+
+stop_all() {
+  stop_daemon jobd "$CONFIG"
+  stop_daemon jobd-master "$MASTER_CONFIG"
+}
+
+# start_daemon NAME CONFIG ADDRESS: start .venv/bin/NAME --config CONFIG in the background
+# with the database URL in its environment, and wait until it answers ping at ADDRESS.
+start_daemon() {
+  local name=$1 config=$2 address=$3 pid waited=0
+  step "starting $name --config $config (log $STATE/$name.log)"
+  # JOBD_DATABASE_URL gives it its database; jobd removes it from the jobs' environment.
+  JOBD_DATABASE_URL=$WORKER_URL nohup "$VENV/bin/$name" --config "$config" \
+    </dev/null >>"$STATE/$name.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$STATE/$name.pid"
+  step "waiting for $name to answer ping at $address"
+  until "$VENV_PY" -c '
+import sys
+from jobd.client import NoAnswer, call
+try:
+    print("    " + repr(call(sys.argv[1], "ping", timeout=1.0)))
+except NoAnswer:
+    sys.exit(1)
+' "$address"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$STATE/$name.log" >&2
+      die "$name exited (log above, from $STATE/$name.log)"
+    fi
+    [ "$waited" -lt 30 ] || die "$name did not answer within 30 s (see $STATE/$name.log)"
+    waited=$((waited + 1))
+  done
 }
 
 case "${1:-}" in
   "") ;;
   --stop)
-    stop_worker
+    stop_all
     exit 0
     ;;
   -h | --help)
@@ -112,53 +149,34 @@ WORKER_URL=$("$VENV_PY" "$HELPER" worker-url)
 step "creating table jobs from schema.sql (if it does not exist)"
 "$VENV_PY" "$HELPER" exec "$WORKER_URL" <schema.sql
 
+step "writing $MASTER_CONFIG from config/jobd-master.yaml (the dashboard at $HTTP)"
+"$VENV_PY" "$HELPER" derive-master-config config/jobd-master.yaml "$MASTER_CONFIG" "$HTTP" \
+  "${JOBD_QUICKSTART_MASTER:-}"
+MASTER=$("$VENV_PY" "$HELPER" listen "$MASTER_CONFIG")
 step "writing $CONFIG from config/jobd.yaml"
-"$VENV_PY" "$HELPER" derive-config config/jobd.yaml "$CONFIG" "${JOBD_QUICKSTART_LISTEN:-}"
+"$VENV_PY" "$HELPER" derive-config config/jobd.yaml "$CONFIG" "${JOBD_QUICKSTART_LISTEN:-}" \
+  "$MASTER"
 LISTEN=$("$VENV_PY" "$HELPER" listen "$CONFIG")
-if ! JOBD_DATABASE_URL=$WORKER_URL "$VENV/bin/jobd" --check --config "$CONFIG"; then
-  die "jobd --check failed (above); a jobs table made by an older schema.sql lacks the new" \
+if ! JOBD_DATABASE_URL=$WORKER_URL "$VENV/bin/jobd" --check --config "$CONFIG" ||
+  ! JOBD_DATABASE_URL=$WORKER_URL "$VENV/bin/jobd-master" --check --config "$MASTER_CONFIG"; then
+  die "a --check failed (above); a table made by an older schema.sql lacks the new" \
     "columns: add them, or drop the table (its rows go with it) and run this again"
 fi
 
-if [ -n "$(worker_pid)" ]; then
-  stop_worker
-fi
-step "starting jobd --config $CONFIG (log $LOG_FILE)"
-# JOBD_DATABASE_URL gives the worker its database; jobd removes it from the jobs' environment.
-JOBD_DATABASE_URL=$WORKER_URL nohup "$VENV/bin/jobd" --config "$CONFIG" \
-  </dev/null >>"$LOG_FILE" 2>&1 &
-echo $! >"$PID_FILE"
-PID=$(cat "$PID_FILE")
-
-step "waiting for the worker to answer ping at $LISTEN"
-waited=0
-until "$VENV_PY" -c '
-import sys
-from jobd.client import NoAnswer, call
-try:
-    print("    " + repr(call(sys.argv[1], "ping", timeout=1.0)))
-except NoAnswer:
-    sys.exit(1)
-' "$LISTEN"; do
-  if ! kill -0 "$PID" 2>/dev/null; then
-    tail -n 20 "$LOG_FILE" >&2
-    die "jobd exited (log above, from $LOG_FILE)"
-  fi
-  [ "$waited" -lt 30 ] || die "jobd did not answer within 30 s (see $LOG_FILE)"
-  waited=$((waited + 1))
-done
+stop_all
+start_daemon jobd-master "$MASTER_CONFIG" "$MASTER"
+start_daemon jobd "$CONFIG" "$LISTEN"
 
 step "running a sample job: INSERT INTO jobs (target, time_created) VALUES ('$SAMPLE_TARGET', UNIX_TIMESTAMP())"
 "$VENV_PY" "$HELPER" sample-job "$WORKER_URL" "$LISTEN" "$SAMPLE_TARGET"
 
-step "the worker's log ($LOG_FILE, last lines)"
-tail -n 4 "$LOG_FILE" | sed 's/^/    /'
+step "the worker's log ($STATE/jobd.log, last lines)"
+tail -n 4 "$STATE/jobd.log" | sed 's/^/    /'
 
-step "jobd is running (pid $PID) and serves $LISTEN"
+step "jobd-master (pid $(cat "$STATE/jobd-master.pid")) serves $MASTER; jobd (pid $(cat "$STATE/jobd.pid")) serves $LISTEN"
 cat <<EOF
-    stop it:        kill \$(cat $PID_FILE)     (or: bash scripts/quickstart.sh --stop)
-    its status:     .venv/bin/python -c 'from jobd.client import call; print(call("$LISTEN", "status"))'
-    add a job:      mariadb -h127.0.0.1 -ujobd -p"\$(cat $PASSWORD_FILE)" jobd \\
-                      -e "INSERT INTO jobs (target, time_created) VALUES ('$SAMPLE_TARGET', UNIX_TIMESTAMP())"
-                    (the worker claims it at its next safety poll, or at once after a poll)
+    the dashboard:  http://$HTTP/        (metrics: http://$HTTP/metrics)
+    stop them:      bash scripts/quickstart.sh --stop
+    add a job:      .venv/bin/jobctl --database "mysql://jobd:\$(cat $PASSWORD_FILE)@127.0.0.1:3306/jobd" \\
+                      add $SAMPLE_TARGET --wait
 EOF

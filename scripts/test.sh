@@ -3,8 +3,9 @@
 #
 # Creates .venv, installs jobd with its test extras, makes sure a MariaDB server answers
 # (JOBD_TEST_DATABASE_URL=mysql://user:pass@host:port/ if set, else root with an empty
-# password at 127.0.0.1:3306, else installs and starts Debian's mariadb-server), then runs
-# ruff and pytest.  Exits non-zero on any failure, and when pytest ran no tests (exit 5).
+# password at 127.0.0.1:3306, else installs and starts Debian's mariadb-server), installs
+# Debian's chromium and chromium-driver if missing (the dashboard's browser tests), then
+# runs ruff and pytest.  Exits non-zero on any failure, and when pytest ran no tests (exit 5).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,6 +25,11 @@ fi
 
 # The systemd tests verify the unit files with systemd-analyze (Debian's systemd).
 command -v systemd-analyze >/dev/null || apt_install systemd
+# The dashboard's tests drive a real headless Chromium (Debian's, with its driver).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  step "installing chromium and chromium-driver (the dashboard's browser tests)"
+  apt_install chromium chromium-driver
+fi
 
 step "ruff check ."
 "$VENV/bin/ruff" check .

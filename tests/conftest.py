@@ -92,8 +92,9 @@ class Jobs:
 
     def insert(self, target: str, count: int = 1, **columns: Any) -> list[int]:
         """Insert `count` rows in one statement; returns their ids."""
-        names = ["target", "time_created", *columns]
-        row = [target, int(time.time()), *columns.values()]
+        columns = {"time_created": int(time.time()), **columns}
+        names = ["target", *columns]
+        row = [target, *columns.values()]
         sql = f"INSERT INTO `{self.table}` ({', '.join(names)}) VALUES " + ", ".join(
             ["(" + ", ".join(["%s"] * len(names)) + ")"] * count
         )
@@ -354,9 +355,10 @@ def start_master(tmp_path: Path, daemons: list[Daemon]) -> Callable[..., Daemon]
     return start
 
 
-def jobctl(*args: Any, status: int = 0) -> Result:
-    """Run jobctl in-process (click's runner); assert its exit status."""
-    result = CliRunner().invoke(jobctl_main, [str(a) for a in args])
+def jobctl(*args: Any, status: int = 0, input: str | None = None) -> Result:
+    """Run jobctl in-process (click's runner), `input` on its stdin; assert its exit
+    status."""
+    result = CliRunner().invoke(jobctl_main, [str(a) for a in args], input=input)
     assert result.exit_code == status, (
         f"jobctl {' '.join(map(str, args))} exited {result.exit_code}, not {status}\n"
         f"stdout: {result.stdout}\nstderr: {result.stderr}\n{result.exception!r}"

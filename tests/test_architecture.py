@@ -18,8 +18,9 @@ MAX_WORKER_LINES = 250
 #: Layers, lowest first: a module may import its own layer's package and lower layers,
 #: never a higher layer or a sibling package of its own layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("jobd", "jobd.names"),  # jobd: the package's __init__, which holds the version
+    ("jobd", "jobd.names", "jobd.users"),  # jobd: the package's __init__ (the version)
     ("jobd.jobs", "jobd.cron", "jobd.config_reader", "jobd.database_url"),
+    ("jobd.config_exposure",),
     ("jobd.config",),
     ("jobd.wire", "jobd.store"),
     ("jobd.runtime",),
@@ -30,7 +31,14 @@ LAYERS: list[tuple[str, ...]] = [
 #: What each of these may import of ours, beyond itself.
 LEAF_IMPORTS = {
     "jobd.names": set(),
-    "jobd.config": {"jobd.names", "jobd.config_reader", "jobd.database_url"},
+    "jobd.config": {
+        "jobd.names",
+        "jobd.config_reader",
+        "jobd.config_exposure",
+        "jobd.database_url",
+    },
+    "jobd.config_exposure": {"jobd.config_reader"},
+    "jobd.users": set(),
     "jobd.cron": set(),
     "jobd.wire.checks": {"jobd.names"},
     "jobd.wire.protocol": {"jobd.names", "jobd.wire.checks"},

@@ -19,6 +19,7 @@ import pytest
 from test_jobctl import jobctl, jobctl_json, table_rows
 
 from jobctl.times import parse_duration, parse_since, parse_time
+from jobd.store import search
 from jobd.store.catalog import PURGE_BATCH, CatalogQueries
 
 from conftest import Daemon, free_port, wait_for
@@ -78,9 +79,11 @@ def test_add_wait_prints_the_outcome_and_exits_like_the_job(jobs, cluster):
     assert outcome["signal"] is None
     row = jobs.row(outcome["id"])
     assert row["status"] == "done"
-    # Whole seconds, as the row has them: an instant job took 0 or 1 of them.
-    assert outcome["duration"] == row["time_finished"] - row["time_started"]
-    assert outcome["duration"] in (0, 1)
+    # Milliseconds, as the worker measured them and the row keeps them.
+    assert outcome["duration"] == row["duration_ms"] / 1000
+    assert 0 < outcome["duration"] < 1
+    assert outcome["waited"] == row["time_claimed"] - row["time_created"]
+    assert outcome["waited"] in (0, 1)
 
     failed = json.loads(jobctl(*base, "add", "fail", "--wait", status=3).stdout)
     assert (failed["result"], failed["code"], failed["stdout"]) == ("fail", 3, "failing\n")
@@ -180,6 +183,27 @@ def test_jobs_lists_newest_first_by_filter_and_show_prints_every_column(jobs):
     jobctl(*db(jobs), "show", 999_999, status=1)
 
 
+def test_jobs_text_and_before_page_on_below_a_search_window(jobs, monkeypatch):
+    monkeypatch.setattr(search, "SEARCH_WINDOW", 10)
+    ids = jobs.insert("a", 30)
+    needles = [ids[-2], ids[5], ids[4]]  # one in the newest 10 ids, two far below
+    jobs.execute(f"UPDATE `{jobs.table}` SET stdout = 'a needle' WHERE id IN (%s, %s, %s)", needles)
+    first = jobctl(*db(jobs), "--json", "jobs", "--text", "needle")
+    assert [r["id"] for r in json.loads(first.stdout)] == [ids[-2]]
+    floor = ids[-1] + 1 - 10
+    assert f"searched down to id {floor}: --before {floor} searches older jobs" in first.stderr
+    # On below the window, a window at a time, until the matches are found.
+    found, before = [], floor
+    for _ in range(3):
+        page = jobctl(*db(jobs), "--json", "jobs", "--text", "needle", "--before", before)
+        found += [r["id"] for r in json.loads(page.stdout)]
+        before = before - 10
+    assert found == needles[1:]
+    # A full page needs no window's note, a status and a target need no window at all.
+    listed = jobctl(*db(jobs), "--json", "jobs", "--target", "a", "--limit", "20")
+    assert len(json.loads(listed.stdout)) == 20 and "searched" not in listed.stderr
+
+
 def nearest_rank(values: list[int], fraction: float) -> float | None:
     if not values:
         return None
@@ -193,6 +217,7 @@ def test_stats_match_the_rows(jobs):
         jobs.insert(target, status="done", result=result, time_started=now - ago - seconds,
                     time_finished=now - ago, **kw)  # fmt: skip
 
+    # Rows from before duration_ms: whole seconds, and no claim time (no wait known).
     for seconds in (1, 2, 2, 3, 10, 4, 4):
         finished("a", seconds)
     finished("a", 7, "fail", return_code=2, attempts=3)
@@ -201,13 +226,22 @@ def test_stats_match_the_rows(jobs):
     jobs.insert("a", 3)  # waiting: not counted
     finished("b", 5)
     finished("b", 100, ago=7200)  # outside --since 1h
+    # Rows the worker measured: milliseconds, and claimed some seconds after created.
+    for ms, wait in ((4, 0), (12, 1), (250, 1), (1500, 3)):
+        finished("c", 1, duration_ms=ms, time_created=now - 100 - wait, time_claimed=now - 100)
+
+    def seconds_of(row: dict[str, Any]) -> float:
+        if row["duration_ms"] is not None:
+            return row["duration_ms"] / 1000
+        return float(row["time_finished"] - row["time_started"])
 
     rows = jobs.rows("status IN ('done', 'ignored')")
     expected = {}
-    for target in ("a", "b"):
+    for target in ("a", "b", "c"):
         mine = [r for r in rows if r["target"] == target]
         done = [r for r in mine if r["status"] == "done"]
-        durations = [r["time_finished"] - r["time_started"] for r in done]
+        durations = [seconds_of(r) for r in done]
+        waits = [r["time_claimed"] - r["time_created"] for r in done if r["time_claimed"]]
         expected[target] = {
             "target": target,
             "runs": len(done),
@@ -215,21 +249,27 @@ def test_stats_match_the_rows(jobs):
             "failed": sum(r["result"] == "fail" for r in done),
             "ignored": sum(r["status"] == "ignored" for r in mine),
             "retried": sum(r["attempts"] > 1 for r in done),
-            "mean": sum(durations) / len(durations),
+            "mean": round(sum(durations) / len(durations), 3),
             "p50": nearest_rank(durations, 0.5),
             "p95": nearest_rank(durations, 0.95),
+            "wait_mean": sum(waits) / len(waits) if waits else None,
+            "wait_p95": float(nearest_rank(waits, 0.95)) if waits else None,
         }
     got = {s["target"]: s for s in jobctl_json(*db(jobs), "stats")}
     assert got == expected
     assert got["a"]["runs"] == 9 and got["a"]["retried"] == 2 and got["a"]["p95"] == 10.0
+    assert (got["c"]["p50"], got["c"]["p95"], got["c"]["mean"]) == (0.012, 1.5, 0.442)
+    assert (got["c"]["wait_mean"], got["c"]["wait_p95"]) == (1.25, 3.0)
 
     recent = {s["target"]: s for s in jobctl_json(*db(jobs), "stats", "--since", "1h")}
     assert recent["b"]["runs"] == 1 and recent["b"]["p50"] == 5.0
     assert [s["target"] for s in jobctl_json(*db(jobs), "stats", "--target", "b")] == ["b"]
     rows = [re.split(r"\s{2,}", line) for line in jobctl(*db(jobs), "stats").stdout.splitlines()]
     assert rows[0] == ["TARGET", "RUNS", "OK", "FAILED", "IGNORED", "RETRIED", "MEAN", "P50",
-                       "P95"]  # fmt: skip
-    assert rows[1] == ["a", "9", "7", "2", "1", "2", "3.7 s", "3 s", "10 s"]
+                       "P95", "WAITED", "WAITED P95"]  # fmt: skip
+    assert rows[1] == ["a", "9", "7", "2", "1", "2", "3.667 s", "3 s", "10 s", "-", "-"]
+    assert rows[3] == ["c", "4", "4", "0", "0", "0", "0.442 s", "0.012 s", "1.5 s", "1.2 s",
+                       "3 s"]  # fmt: skip
 
 
 def test_purge_deletes_only_what_it_should(jobs):

@@ -35,7 +35,9 @@ from jobd.api.replies import reachable, targets_from_status
 from jobd.api.schedules import ScheduleMethods
 from jobd.api.waiting import JobNotFound, WaitTimeout, wait_for_jobs
 from jobd.config import DatabaseURL
-from jobd.store.catalog import FINISHED, STATUSES, JobCatalog, TargetStats, outcome_of
+from jobd.store.catalog import JobCatalog, TargetQueue, TargetStats, outcome_of
+from jobd.store.columns import FINISHED, STATUSES
+from jobd.store.search import JobPage
 from jobd.wire.client import Client
 from jobd.wire.curve import ClientCurve
 from jobd.wire.endpoint import NoAnswer
@@ -194,21 +196,31 @@ class AsyncJobd(ScheduleMethods, InstanceMethods):
         """Every column of the row, or None."""
         return (await self.catalog.jobs([job_id])).get(job_id)
 
-    async def jobs(
+    async def jobs(self, **filters: Any) -> list[dict[str, Any]]:
+        """Rows, newest first, without output and data: `jobs_page(...).rows`."""
+        return (await self.jobs_page(**filters)).rows
+
+    async def jobs_page(
         self,
         *,
         status: str | None = None,
         target: str | None = None,
         since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+        before: int | None = None,
         limit: int = 50,
-    ) -> list[dict[str, Any]]:
-        """Rows, newest first, without output and data; `since`: created at or after
-        this UNIX time."""
+    ) -> JobPage:
+        """A page of rows, newest first, without output and data: ids below `before`,
+        created in [`since`, `until`) (UNIX times), with `text` in the data or output.
+        A search by time or text reads SEARCH_WINDOW ids at most; `next_before` of the
+        page is where the next one starts."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"status: expected one of {', '.join(STATUSES)}")
         return await self.catalog.search(
-            status=status, target=target, limit=limit,
+            limit, status=status, target=target, text=text, before=before,
             since=None if since is None else int(since),
+            until=None if until is None else int(until),
         )  # fmt: skip
 
     async def result(self, job_id: int) -> dict[str, Any] | None:
@@ -301,6 +313,11 @@ class AsyncJobd(ScheduleMethods, InstanceMethods):
             return targets_from_status(await self.request("status"), from_worker=True)
         status = await self.request("status", {"poll_workers": False})
         return targets_from_status(status, from_worker=False)
+
+    async def queue(self) -> list[TargetQueue]:
+        """Every target with rows waiting or held by workers, or failed in the last five
+        minutes: the counts, and when its oldest waiting row was created."""
+        return await self.catalog.queue()
 
     async def stats(self, *, target: str | None = None, since: float = 0) -> list[TargetStats]:
         """Per target, over the rows finished at or after `since` (UNIX time): runs, ok,

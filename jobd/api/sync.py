@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 
 from jobd.api.jobs import AsyncJobd
 from jobd.config import DatabaseURL
-from jobd.store.catalog import FINISHED, TargetStats
+from jobd.store.catalog import TargetQueue, TargetStats
+from jobd.store.columns import FINISHED
 from jobd.store.schedules import Schedule
+from jobd.store.search import JobPage
 from jobd.store.settle import Settled
 
 T = TypeVar("T")
@@ -67,8 +69,12 @@ class Jobd:
         return self._run(self.jobd.job(job_id))
 
     def jobs(self, **filters: Any) -> list[dict[str, Any]]:
-        """Same filters as AsyncJobd.jobs: status, target, since, limit."""
+        """Same filters as AsyncJobd.jobs_page: status, target, since, until, text,
+        before, limit."""
         return self._run(self.jobd.jobs(**filters))
+
+    def jobs_page(self, **filters: Any) -> JobPage:
+        return self._run(self.jobd.jobs_page(**filters))
 
     def result(self, job_id: int) -> dict[str, Any] | None:
         return self._run(self.jobd.result(job_id))
@@ -87,6 +93,9 @@ class Jobd:
 
     def targets(self) -> dict[str, dict[str, Any]]:
         return self._run(self.jobd.targets())
+
+    def queue(self) -> list[TargetQueue]:
+        return self._run(self.jobd.queue())
 
     def stats(self, *, target: str | None = None, since: float = 0) -> list[TargetStats]:
         return self._run(self.jobd.stats(target=target, since=since))

@@ -29,6 +29,8 @@ class Scheduler:
     def __init__(self, store: ScheduleStore, poke: Callable[[list[str]], None]) -> None:
         self.store = store
         self.poke = poke
+        #: Jobs this scheduler created (each the one job of its fire time).
+        self.fired = 0
 
     async def run(self) -> None:
         while True:
@@ -61,26 +63,26 @@ class Scheduler:
             elif not fires:
                 log.info("schedule %s: missed fire times skipped", schedule.name)
             created += jobs
+        self.fired += len(created)
         if targets:
             self.poke(sorted(targets))
         return created
 
 
-async def run_scheduler(
-    url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
-) -> None:
-    """The scheduler of a daemon (`who`: "jobd-master", "worker w1"), until cancelled."""
-    store = ScheduleStore(url, table, pool_size=1)
+async def run_scheduler(scheduler: Scheduler, table: str, who: str) -> None:
+    """A daemon's scheduler (`who`: "jobd-master", "worker w1"), until cancelled."""
+    store = scheduler.store
     try:
         await open_store(store, store.has_table, f"{table}_schedules", "scheduler")
         log.info("scheduler of %s runs the schedules of %s_schedules", who, table)
-        await Scheduler(store, poke).run()
+        await scheduler.run()
     finally:
         await store.close()
 
 
 def start_scheduler(
     url: DatabaseURL, table: str, poke: Callable[[list[str]], None], who: str
-) -> asyncio.Task[None]:
-    """The scheduler of a daemon as a task of its own (jobd.runtime.background)."""
-    return start_background(run_scheduler(url, table, poke, who), "scheduler")
+) -> tuple[Scheduler, asyncio.Task[None]]:
+    """A daemon's scheduler, as a task of its own (jobd.runtime.background)."""
+    scheduler = Scheduler(ScheduleStore(url, table, pool_size=1), poke)
+    return scheduler, start_background(run_scheduler(scheduler, table, who), "scheduler")

@@ -13,25 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobd.jobs import Outcome
-from jobd.store.pool import Database
+from jobd.jobs import Outcome, waited
+from jobd.store.columns import FINISHED, JOB_COLUMNS
+from jobd.store.search import JobSearch, filter_clause
 
-#: Statuses of a row that will not change any more.
-FINISHED = ("done", "ignored")
-STATUSES = ("waiting", "manual", "accepted", "running", "done", "ignored")
 #: Rows deleted by one purge statement: each DELETE is its own short transaction.
 PURGE_BATCH = 1000
 #: Ids in one `IN (...)` list.
 ID_CHUNK = 1000
-
-_JOB_COLUMNS = (
-    "id", "target", "slot", "status", "priority", "result", "return_code", "sig",
-    "time_created", "run_at", "time_claimed", "time_started", "time_finished", "attempts",
-    "worker", "schedule_id", "scheduled_at", "callback_url", "callback_result", "data",
-    "attempt_log", "stdout", "stderr",
-)  # fmt: skip
-#: What a listing shows: no output, no data.
-_SUMMARY_COLUMNS = _JOB_COLUMNS[: _JOB_COLUMNS.index("callback_url")]
+#: Seconds of finished jobs counted as recent failures (TargetQueue.failed_recently).
+RECENT_FAILURES = 300
 
 
 class CatalogQueries:
@@ -42,13 +33,9 @@ class CatalogQueries:
         "INSERT INTO {t} (target, slot, priority, run_at, data, callback_url, status,"
         " time_created) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
     )
-    select_jobs = "SELECT " + ", ".join(_JOB_COLUMNS) + " FROM {t} WHERE id IN ({ids})"
+    select_jobs = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM {t} WHERE id IN ({ids})"
     select_finished = select_jobs + " AND status IN ('done', 'ignored')"
     select_existing = "SELECT id FROM {t} WHERE id IN ({ids})"
-    search = (
-        "SELECT " + ", ".join(_SUMMARY_COLUMNS) + " FROM {t} WHERE {where}"
-        " ORDER BY id DESC LIMIT %s"
-    )
     # Counts per target of the rows finished since a time (key finished_idx).
     stats_counts = (
         "SELECT target, SUM(status = 'done'), SUM(status = 'done' AND result = 'ok'),"
@@ -57,13 +44,32 @@ class CatalogQueries:
         " FROM {t} WHERE status IN ('done', 'ignored') AND time_finished >= %s AND {where}"
         " GROUP BY target ORDER BY target"
     )
-    # Durations are whole seconds (the seed's time columns), so a histogram per target
-    # is small whatever the number of rows, and exact percentiles come from it.
+    # Durations: milliseconds (duration_ms, or whole seconds for rows from before it),
+    # grouped to three significant digits, so a histogram per target stays small however
+    # many rows it counts (at most 900 values a decade) and percentiles are within 0.5 %.
     stats_durations = (
-        "SELECT target, CAST(time_finished AS SIGNED) - CAST(time_started AS SIGNED) AS d,"
+        "SELECT target, ROUND(d, 2 - FLOOR(LOG10(GREATEST(d, 1)))) AS b, COUNT(*), SUM(d)"
+        " FROM (SELECT target, COALESCE(duration_ms, 1000 * (CAST(time_finished AS SIGNED)"
+        " - CAST(time_started AS SIGNED))) AS d FROM {t} WHERE status = 'done'"
+        " AND time_finished >= %s AND time_started > 0 AND time_finished >= time_started"
+        " AND {where}) AS runs GROUP BY target, b"
+    )
+    # How long the rows waited to be claimed (whole seconds), likewise.
+    stats_waits = (
+        "SELECT target, CAST(time_claimed AS SIGNED) - CAST(time_created AS SIGNED) AS w,"
         " COUNT(*) FROM {t} WHERE status = 'done' AND time_finished >= %s"
-        " AND time_started > 0 AND time_finished >= time_started AND {where}"
-        " GROUP BY target, d"
+        " AND time_claimed >= time_created AND time_claimed > 0 AND {where}"
+        " GROUP BY target, w"
+    )
+    # Per target: waiting, oldest waiting, held by workers, running, failed recently.
+    # Both halves of the condition are prefixes of an index (status_target_idx,
+    # finished_idx), so the server reads only those rows.
+    queue = (
+        "SELECT target, SUM(status = 'waiting'), MIN(IF(status = 'waiting', time_created, NULL)),"
+        " SUM(status IN ('accepted', 'running')), SUM(status = 'running'),"
+        " SUM(status = 'done' AND result = 'fail' AND time_finished >= %s)"
+        " FROM {t} WHERE status IN ('waiting', 'accepted', 'running')"
+        " OR (status = 'done' AND time_finished >= %s) GROUP BY target ORDER BY target"
     )
     count_purgeable = "SELECT COUNT(*) FROM {t} WHERE status = %s AND time_finished < %s"
     # In the order of key finished_idx (status, time_finished, then the primary key):
@@ -74,15 +80,6 @@ class CatalogQueries:
     )
 
 
-#: The filters of `search` and `stats`, by name: each is a fixed SQL fragment with one
-#: parameter, so no caller's text ever becomes SQL.
-SEARCH_FILTERS = {
-    "status": "status = %s",
-    "target": "target = %s",
-    "since": "time_created >= %s",
-}
-
-
 @dataclass(frozen=True)
 class TargetStats:
     target: str
@@ -91,15 +88,32 @@ class TargetStats:
     failed: int
     ignored: int  # rows of a slot no worker had
     retried: int  # done rows started more than once (attempts > 1)
-    mean: float | None  # seconds, over the done rows
+    mean: float | None  # seconds (millisecond precision), over the done rows
     p50: float | None
     p95: float | None
+    wait_mean: float | None = None  # seconds from created to claimed, over the done rows
+    wait_p95: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
-def percentile(histogram: Mapping[int, int], fraction: float) -> float | None:
+@dataclass(frozen=True)
+class TargetQueue:
+    """A target as the table has it now."""
+
+    target: str
+    waiting: int
+    oldest_waiting: int | None  # time_created of its oldest waiting row
+    held: int  # accepted or running
+    running: int
+    failed_recently: int  # done and failed in the last RECENT_FAILURES seconds
+
+    def oldest_age(self, now: float) -> float | None:
+        return None if self.oldest_waiting is None else max(0.0, now - self.oldest_waiting)
+
+
+def percentile(histogram: Mapping[float, int], fraction: float) -> float | None:
     """The nearest-rank percentile of {value: count}: the smallest value that at least
     `fraction` of the samples do not exceed."""
     total = sum(histogram.values())
@@ -116,14 +130,15 @@ def percentile(histogram: Mapping[int, int], fraction: float) -> float | None:
 
 def outcome_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The outcome of a finished row as the client API returns it: a run-manual reply's
-    fields (Outcome.as_reply, `duration` in whole seconds from the row) with `id`,
-    `status`, `worker` and `attempts`."""
+    fields (Outcome.as_reply; `duration` in seconds, with milliseconds) with `id`,
+    `status`, `worker`, `attempts` and `waited` (seconds from created to claimed)."""
     return {
         "id": row["id"],
         "status": row["status"],
         **Outcome.from_row(row).as_reply(),
         "worker": row["worker"],
         "attempts": row["attempts"],
+        "waited": waited(row),
     }
 
 
@@ -132,7 +147,7 @@ def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
         yield ids[i : i + ID_CHUNK]
 
 
-class JobCatalog(Database):
+class JobCatalog(JobSearch):
     """A client's access to one jobs table."""
 
     async def insert(
@@ -177,46 +192,60 @@ class JobCatalog(Database):
             for chunk in _chunks(ids):
                 await cur.execute(self._sql(query, ids=len(chunk)), chunk)
                 for row in await cur.fetchall():
-                    found[row[0]] = dict(zip(_JOB_COLUMNS, row, strict=True))
+                    found[row[0]] = dict(zip(JOB_COLUMNS, row, strict=True))
         return found
-
-    async def search(
-        self,
-        *,
-        status: str | None = None,
-        target: str | None = None,
-        since: int | None = None,
-        limit: int = 50,
-    ) -> list[dict[str, Any]]:
-        """The newest rows first (no output, no data), filtered by status, target and
-        creation time."""
-        where, params = _where(status=status, target=target, since=since)
-        sql = self._sql(CatalogQueries.search.replace("{where}", where))
-        async with self._cursor() as cur:
-            await cur.execute(sql, (*params, limit))
-            return [dict(zip(_SUMMARY_COLUMNS, row, strict=True)) for row in await cur.fetchall()]
 
     async def stats(self, *, target: str | None = None, since: int = 0) -> list[TargetStats]:
         """Per target, over the rows finished at or after `since` (UNIX time)."""
-        where, params = _where(target=target)
-        counts_sql = self._sql(CatalogQueries.stats_counts.replace("{where}", where))
-        durations_sql = self._sql(CatalogQueries.stats_durations.replace("{where}", where))
-        histograms: dict[str, dict[int, int]] = {}
+        where, params = filter_clause(target=target)
+        durations: dict[str, dict[float, int]] = {}
+        sums: dict[str, tuple[int, float]] = {}
+        waits: dict[str, dict[float, int]] = {}
         async with self._cursor() as cur:
-            await cur.execute(counts_sql, (since, *params))
+            await cur.execute(self._filtered(CatalogQueries.stats_counts, where), (since, *params))
             counts = list(await cur.fetchall())
-            await cur.execute(durations_sql, (since, *params))
+            await cur.execute(
+                self._filtered(CatalogQueries.stats_durations, where), (since, *params)
+            )
+            for name, bucket, n, total in await cur.fetchall():
+                durations.setdefault(name, {})[float(bucket) / 1000] = int(n)
+                runs, seconds = sums.get(name, (0, 0.0))
+                sums[name] = (runs + int(n), seconds + float(total) / 1000)
+            await cur.execute(self._filtered(CatalogQueries.stats_waits, where), (since, *params))
             for name, seconds, n in await cur.fetchall():
-                histograms.setdefault(name, {})[int(seconds)] = int(n)
+                waits.setdefault(name, {})[float(seconds)] = int(n)
         out = []
         for name, runs, ok, failed, ignored, retried in counts:
-            histogram = histograms.get(name, {})
-            total = sum(histogram.values())
-            mean = sum(d * n for d, n in histogram.items()) / total if total else None
+            histogram, wait = durations.get(name, {}), waits.get(name, {})
+            timed, seconds = sums.get(name, (0, 0.0))
+            mean = round(seconds / timed, 3) if timed else None
+            wait_total = sum(wait.values())
+            wait_mean = sum(w * n for w, n in wait.items()) / wait_total if wait_total else None
             counted = (int(runs), int(ok), int(failed), int(ignored), int(retried))
             p50, p95 = percentile(histogram, 0.5), percentile(histogram, 0.95)
-            out.append(TargetStats(name, *counted, mean, p50, p95))
+            out.append(
+                TargetStats(name, *counted, mean, p50, p95, wait_mean, percentile(wait, 0.95))
+            )
         return out
+
+    async def queue(self, now: float | None = None) -> list[TargetQueue]:
+        """Every target with rows waiting, held, or failed in the last RECENT_FAILURES
+        seconds: one grouped query."""
+        since = int((time.time() if now is None else now) - RECENT_FAILURES)
+        async with self._cursor() as cur:
+            await cur.execute(self._sql(CatalogQueries.queue), (since, since))
+            rows = await cur.fetchall()
+        return [
+            TargetQueue(
+                target,
+                int(waiting or 0),
+                oldest,
+                int(held or 0),
+                int(running or 0),
+                int(failed or 0),
+            )
+            for target, waiting, oldest, held, running, failed in rows
+        ]
 
     async def purge(
         self, older_than: float, statuses: Sequence[str] = FINISHED, dry_run: bool = False
@@ -244,13 +273,3 @@ class JobCatalog(Database):
                     if deleted < PURGE_BATCH:
                         break
         return total
-
-
-def _where(**filters: Any) -> tuple[str, list[Any]]:
-    """A conjunction of SEARCH_FILTERS for the filters that are not None."""
-    parts, params = ["1 = 1"], []
-    for name, value in filters.items():
-        if value is not None:
-            parts.append(SEARCH_FILTERS[name])
-            params.append(value)
-    return " AND ".join(parts), params

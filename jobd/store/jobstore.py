@@ -37,7 +37,7 @@ log = logging.getLogger("jobd.storage")
 #: The columns of an outcome, and the attribute of `Outcome` that each holds.
 OUTCOME_COLUMNS = {
     "result": "result", "return_code": "code", "sig": "signal", "stdout": "stdout",
-    "stderr": "stderr",
+    "stderr": "stderr", "duration_ms": "duration_ms",
 }  # fmt: skip
 #: SLOW_READS_IN_A_ROW locking reads of one target's claims that each take longer than
 #: SLOW_CLAIM_READ (seconds) have most likely stepped over many rows left behind for
@@ -270,7 +270,16 @@ class JobStore(Database):
         now = int(time.time())
         done = [(job_id, o) for job_id, o, retry in outcomes if retry is None]
         retries = [
-            (o.stdout, o.stderr, now, retry.run_at, retry.summary, job_id, self.instance)
+            (
+                o.stdout,
+                o.stderr,
+                o.duration_ms,
+                now,
+                retry.run_at,
+                retry.summary,
+                job_id,
+                self.instance,
+            )
             for job_id, o, retry in outcomes
             if retry is not None
         ]

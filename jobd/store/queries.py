@@ -8,7 +8,7 @@ REQUIRED_COLUMNS = (
     "result", "return_code", "sig", "stdout", "stderr",
     "priority", "run_at", "attempts", "worker", "time_claimed", "attempt_log",
     "data", "callback_url", "callback_result", "schedule_id", "scheduled_at",
-    "instance", "rescues",
+    "instance", "rescues", "duration_ms",
 )  # fmt: skip
 
 
@@ -124,8 +124,8 @@ class Queries:
     # a retry written already is told from one the row's new holder wrote.
     record_retry = (
         "UPDATE {t} SET status = 'waiting', result = NULL, return_code = NULL, sig = NULL,"
-        " stdout = %s, stderr = %s, time_finished = %s, run_at = %s, worker = NULL,"
-        " time_claimed = 0, attempt_log = CONCAT(COALESCE(attempt_log, ''), %s)"
+        " stdout = %s, stderr = %s, duration_ms = %s, time_finished = %s, run_at = %s,"
+        " worker = NULL, time_claimed = 0, attempt_log = CONCAT(COALESCE(attempt_log, ''), %s)"
         " WHERE id = %s AND status = 'running' AND instance = %s"
     )
     select_held_retry = "SELECT id FROM {t} WHERE id = %s AND status = 'waiting' AND instance = %s"

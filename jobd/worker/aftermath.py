@@ -53,6 +53,8 @@ class Aftermath:
         self._poll_at = poll_at
         self._record_callback = record_callback
         self.on_event: Callable[[dict[str, Any]], None] | None = None
+        #: Told of each outcome once its row says so (the metrics count them).
+        self.on_written: Callable[[Job, Outcome, Retry | None], None] | None = None
         #: Operators waiting for manual runs: job id -> its outcome.
         self.manual_results: dict[int, asyncio.Future[Outcome]] = {}
         self._callbacks = asyncio.Semaphore(CALLBACKS_AT_ONCE)
@@ -85,6 +87,8 @@ class Aftermath:
         future = self.manual_results.pop(job.id, None)
         if future is not None and not future.done():
             future.set_result(outcome)
+        if self.on_written is not None:
+            self.on_written(job, outcome, retry)
 
     # --- manual runs --------------------------------------------------------------
 

@@ -93,6 +93,10 @@ class Claimer:
         self.fenced = False
         #: Jobs claimed so far: by target (claim_jobs) and by id (claim_named).
         self.claimed = {"by_target": 0, "named": 0}
+        #: Claims that failed (the database away, or refusing).
+        self.failures = 0
+        #: Told of each claim that went through: its kind, the jobs it took, its seconds.
+        self.on_claim: Callable[[str, int, float], None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one claim at a time; stop() waits for it
         self._due_timer: asyncio.TimerHandle | None = None
@@ -165,11 +169,14 @@ class Claimer:
         async with self._lock:
             free = self._named_slots(target, ids)  # again: a claim may have come first
             if free:
+                began = time.monotonic()
                 try:
                     jobs = await self.store.claim_named(target, ids, free)
                     self.claimed["named"] += len(jobs)
+                    self._claimed("named", len(jobs), began)
                 except StorageError as exc:
                     self.failed = True  # the next claim gives back what this one took
+                    self.failures += 1
                     log.warning("claim of jobs %s failed: %s", ids, exc)
                 orphans = self.queue(jobs)
                 self._start_ready()
@@ -236,10 +243,13 @@ class Claimer:
                 self._start_ready()
 
             known = {t: self.targets[t].slots.keys() for t in wants}
+            began = time.monotonic()
             claim = await self.store.claim_jobs(wants, known, limit, committed)
             self.claimed["by_target"] += len(claim.accepted)
+            self._claimed("by_target", len(claim.accepted), began)
         except StorageError as exc:
             self.failed = True
+            self.failures += 1
             log.warning("claim failed, retrying: %s", exc)
             return False
         # A target stays wanted while rows may wait: its select came back full, or a slot
@@ -253,6 +263,10 @@ class Claimer:
         if claim.next_due is not None:
             self._arm_due_timer(claim.next_due)
         return True
+
+    def _claimed(self, kind: str, jobs: int, began: float) -> None:
+        if self.on_claim is not None:
+            self.on_claim(kind, jobs, time.monotonic() - began)
 
     def _arm_due_timer(self, due: int) -> None:
         """Delayed jobs (run_at) and retries start on time without polling tightly: after a

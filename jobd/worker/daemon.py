@@ -61,7 +61,8 @@ def start_worker_scheduler(
     if not config.scheduler:
         return None
     poke = poke_everywhere(worker, link)
-    return start_scheduler(config.database, config.table, poke, f"worker {config.name}")
+    _, task = start_scheduler(config.database, config.table, poke, f"worker {config.name}")
+    return task
 
 
 async def check_database(store: JobStore, instances: InstanceStore) -> None:
@@ -128,6 +129,13 @@ async def run_worker(config: WorkerConfig) -> int:
     sock, auth = listen(ctx, config.listen, curve)
     store, instances = await connect_stores(config, retry=True)
     worker = Worker(config, store, instances)
+    metrics = None
+    if config.metrics.address is not None:
+        # Imported only with `metrics:`: aiohttp and prometheus-client are memory that a
+        # worker without metrics does not need.
+        from jobd.worker.metrics import serve_metrics
+
+        metrics = await serve_metrics(config, worker)
     await worker.recover()
     endpoint = Endpoint(sock, Dispatcher(protocol.WORKER_REQUESTS, worker.handlers, log), log)
     endpoint.start()
@@ -177,6 +185,8 @@ async def run_worker(config: WorkerConfig) -> int:
     if watchdog_task is not None:
         watchdog_task.cancel()
     await endpoint.close()
+    if metrics is not None:
+        await metrics.cleanup()
     await store.close()
     await instances.close()
     if auth is not None:

@@ -41,7 +41,7 @@ log = logging.getLogger("jobd.worker")
 #: Keys whose change a reload cannot apply: they name who and where the worker is.
 RESTART_KEYS = (
     "name", "listen", "master", "database", "table", "curve", "allow_insecure", "scheduler",
-    "heartbeat_interval", "lease", "rescuer", "rescue_interval",
+    "heartbeat_interval", "lease", "rescuer", "rescue_interval", "metrics",
 )  # fmt: skip
 
 
