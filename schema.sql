@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   `time_started` int(10) UNSIGNED NOT NULL DEFAULT 0,
   `time_finished` int(10) UNSIGNED NOT NULL DEFAULT 0,
   `status` enum('waiting','manual','accepted','running','done','ignored') NOT NULL DEFAULT 'waiting',
-  `result` enum('ok','fail') DEFAULT NULL,
+  `result` enum('ok','fail','cancelled') DEFAULT NULL,
   `return_code` tinyint(3) UNSIGNED DEFAULT NULL,
   `sig` char(10) DEFAULT NULL,                          -- e.g. 'SIGKILL' when killed by a signal
   `stdout` mediumtext DEFAULT NULL,
@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   `rescues` smallint UNSIGNED NOT NULL DEFAULT 0,       -- times it was taken back from a dead worker
   `duration_ms` int(10) UNSIGNED DEFAULT NULL,          -- how long its last start ran, measured by the worker
   `retry_of` int(10) UNSIGNED DEFAULT NULL,             -- the job this one is a retry of (the dashboard)
+  `result_json` mediumtext DEFAULT NULL CHECK (`result_json` IS NULL OR JSON_VALID(`result_json`)),  -- what the job wrote to JOBD_RESULT_FD
+  `progress` float DEFAULT NULL,                        -- 0..1, the last one the job wrote to JOBD_PROGRESS_FD
+  `progress_message` varchar(255) DEFAULT NULL,         -- and its message
+  `cancel_requested` tinyint(1) NOT NULL DEFAULT 0,     -- 1: stop it (jobctl cancel of a claimed row)
+  `unique_key` varchar(255) DEFAULT NULL,               -- at most one unfinished job a target and key
+  `unique_active` varchar(255) AS (IF(`status` IN ('waiting','manual','accepted','running'), `unique_key`, NULL)) VIRTUAL,
+  `submitted_by` varchar(64) DEFAULT NULL,              -- the CURVE key that submitted it over the wire
   PRIMARY KEY (`id`),
   KEY `status_target_idx` (`status`, `target`, `id`),
   KEY `claim_idx` (`status`, `target`, `priority` DESC, `id`),
@@ -38,7 +45,10 @@ CREATE TABLE IF NOT EXISTS `jobs` (
   KEY `due_idx` (`status`, `target`, `run_at`),
   KEY `finished_idx` (`status`, `time_finished`),
   UNIQUE KEY `schedule_fire_idx` (`schedule_id`, `scheduled_at`),
-  KEY `instance_idx` (`instance`, `status`)
+  KEY `instance_idx` (`instance`, `status`),
+  UNIQUE KEY `unique_idx` (`unique_active`, `target`),
+  KEY `submitter_status_idx` (`submitted_by`, `status`, `target`),
+  KEY `submitter_time_idx` (`submitted_by`, `target`, `time_created`)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Upgrading a table made for the jobd seed (or by an older jobd): these add whatever
@@ -63,12 +73,27 @@ ALTER TABLE `jobs`
   ADD COLUMN IF NOT EXISTS `rescues` smallint UNSIGNED NOT NULL DEFAULT 0,
   ADD COLUMN IF NOT EXISTS `duration_ms` int(10) UNSIGNED DEFAULT NULL,
   ADD COLUMN IF NOT EXISTS `retry_of` int(10) UNSIGNED DEFAULT NULL,
+  MODIFY `result` enum('ok','fail','cancelled') DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `result_json` mediumtext DEFAULT NULL CHECK (`result_json` IS NULL OR JSON_VALID(`result_json`)),
+  ADD COLUMN IF NOT EXISTS `progress` float DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `progress_message` varchar(255) DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `cancel_requested` tinyint(1) NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS `unique_key` varchar(255) DEFAULT NULL,
+  ADD COLUMN IF NOT EXISTS `unique_active` varchar(255) AS (IF(`status` IN ('waiting','manual','accepted','running'), `unique_key`, NULL)) VIRTUAL,
+  ADD COLUMN IF NOT EXISTS `submitted_by` varchar(64) DEFAULT NULL,
   ADD KEY IF NOT EXISTS `claim_idx` (`status`, `target`, `priority` DESC, `id`),
   ADD KEY IF NOT EXISTS `worker_idx` (`worker`, `status`),
   ADD KEY IF NOT EXISTS `due_idx` (`status`, `target`, `run_at`),
   ADD KEY IF NOT EXISTS `finished_idx` (`status`, `time_finished`),
   ADD UNIQUE KEY IF NOT EXISTS `schedule_fire_idx` (`schedule_id`, `scheduled_at`),
-  ADD KEY IF NOT EXISTS `instance_idx` (`instance`, `status`);
+  ADD KEY IF NOT EXISTS `instance_idx` (`instance`, `status`),
+  ADD UNIQUE KEY IF NOT EXISTS `unique_idx` (`unique_active`, `target`),
+  ADD KEY IF NOT EXISTS `submitter_status_idx` (`submitted_by`, `status`, `target`),
+  ADD KEY IF NOT EXISTS `submitter_time_idx` (`submitted_by`, `target`, `time_created`);
+
+-- Finished rows moved out of the jobs table by `jobctl purge --archive`: the same
+-- columns and keys.  (Run after the upgrade above, so that it has all of them.)
+CREATE TABLE IF NOT EXISTS `jobs_archive` LIKE `jobs`;
 
 -- Recurring schedules (jobctl schedule ...). Each fire time creates exactly one row in
 -- the jobs table, however many schedulers run: the unique key on (schedule_id,

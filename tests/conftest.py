@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -79,9 +80,9 @@ class Jobs:
         self.db = db
         self.table = table
         self.conn = db.connect()
-        schema = SCHEMA.replace("`jobs_schedules`", f"`{table}_schedules`")
-        schema = schema.replace("`jobs_workers`", f"`{table}_workers`")
-        for statement in schema.replace("`jobs`", f"`{table}`").split(";"):
+        # `jobs` and its companions `jobs_schedules`, `jobs_workers`, ...
+        schema = re.sub(r"`jobs((?:_[a-z]+)?)`", rf"`{table}\1`", SCHEMA)
+        for statement in schema.split(";\n"):
             if statement.strip():
                 self.execute(statement)
 

@@ -8,7 +8,8 @@ REQUIRED_COLUMNS = (
     "result", "return_code", "sig", "stdout", "stderr",
     "priority", "run_at", "attempts", "worker", "time_claimed", "attempt_log",
     "data", "callback_url", "callback_result", "schedule_id", "scheduled_at",
-    "instance", "rescues", "duration_ms",
+    "instance", "rescues", "duration_ms", "retry_of", "result_json", "progress",
+    "progress_message", "cancel_requested", "unique_key", "unique_active", "submitted_by",
 )  # fmt: skip
 
 
